@@ -1,0 +1,184 @@
+"""Transformer checkpoints: format detection, key mapping, config inference, loading and saving.
+
+Accepted: the official Self-Forcing `.pt` (`generator_ema` / `generator`, keys prefixed `model.`),
+ComfyUI-format Wan safetensors (bare keys or `model.diffusion_model.`), our own safetensors (with
+the config in their metadata); fp32/fp16/bf16/fp8 weights, computed in the dtype asked for.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import torch
+
+from .config import PRESETS, CausalSettings, WanConfig
+from .families import Family, detect_family
+from .transformer import CausalWanModel
+from .weights_io import CheckpointError, dequantize, read_safetensors_metadata, read_weights, strip_prefix
+
+_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.", "_orig_mod.")
+_WRAPPERS = ("generator_ema", "generator", "state_dict", "model")
+HEAD_DIM = 128  # every released Wan2.1 size uses 128-channel heads; our own files state theirs
+
+
+@dataclass
+class LoadedTransformer:
+    """A ready model and what was learned about its file."""
+
+    model: CausalWanModel
+    config: WanConfig
+    family: Family
+    settings: CausalSettings
+    path: str
+
+
+def classify(state_dict: Mapping[str, Any]) -> str:
+    """What a state dict holds: 'wan_t2v', 'wan_i2v', 'vae', 'text_encoder', 'diffusers_wan' or 'unknown'."""
+    keys = set(state_dict)
+    if "patch_embedding.weight" in keys:
+        image_keys = any(k.startswith("img_emb.") or ".k_img." in k for k in keys)
+        in_dim = state_dict["patch_embedding.weight"].shape[1]
+        return "wan_i2v" if image_keys or in_dim == 36 else "wan_t2v"
+    if any(k.startswith(("condition_embedder.", "proj_out.")) for k in keys):
+        return "diffusers_wan"
+    if any(k.startswith(("encoder.conv1", "decoder.conv1", "conv1.", "encoder.downsamples", "decoder.upsamples"))
+           for k in keys):
+        return "vae"
+    if any(k.startswith(("encoder.block.", "shared.", "token_embedding.", "encoder.embed_tokens"))
+           or re.match(r"blocks\.\d+\.attn\.q\.weight", k) for k in keys):
+        return "text_encoder"
+    return "unknown"
+
+
+_WRONG_KIND = {
+    "vae": "this is a VAE file; load it with the VAE loader, and pick a Wan2.1 T2V diffusion model here",
+    "text_encoder": "this is a text-encoder (umT5) file; load it with the text encoder, and pick a Wan2.1 "
+                    "T2V diffusion model here",
+    "wan_i2v": "this is an image-to-video (I2V/FLF2V) Wan model; this pack runs causal text-to-video models "
+               "(start/end frames are handled by the keyframe nodes)",
+    "diffusers_wan": "this is a diffusers-layout Wan transformer; use the original or ComfyUI-format file",
+    "unknown": "no Wan2.1 diffusion-transformer keys found (expected e.g. 'patch_embedding.weight', "
+               "'blocks.0.self_attn.q.weight')",
+}
+
+
+def _unwrap(raw: Mapping[str, Any], use_ema: bool) -> Mapping[str, Any]:
+    """Pick the generator's weights out of a training checkpoint (EMA first unless told otherwise)."""
+    order = _WRAPPERS if use_ema else tuple(w for w in _WRAPPERS if w != "generator_ema")
+    for name in order:
+        inner = raw.get(name)
+        if isinstance(inner, Mapping) and inner:
+            return _unwrap(inner, use_ema)
+    return raw
+
+
+def read_transformer_state(path: str, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A transformer's state dict with original key names, and the file's metadata."""
+    raw = read_weights(path)
+    state = strip_prefix(_unwrap(raw, use_ema), _PREFIXES)
+    tensors = {k: v for k, v in state.items() if torch.is_tensor(v)}
+    if not tensors:
+        raise CheckpointError(path, "holds no tensors")
+    return tensors, read_safetensors_metadata(path)
+
+
+def _count_layers(state_dict: Mapping[str, Any]) -> int:
+    indices = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+    return max(indices) + 1 if indices else 0
+
+
+def infer_config(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str], path: str) -> WanConfig:
+    """The model's shape, from its metadata when present, else from tensor shapes."""
+    if "config" in metadata:
+        return WanConfig.from_dict(json.loads(metadata["config"]))
+    try:
+        patch = state_dict["patch_embedding.weight"]
+        dim, in_dim = patch.shape[:2]
+        patch_size = tuple(patch.shape[2:])
+        head = state_dict["head.head.weight"]
+        shapes = dict(
+            dim=dim, in_dim=in_dim, patch_size=patch_size,
+            ffn_dim=state_dict["blocks.0.ffn.0.weight"].shape[0],
+            text_dim=state_dict["text_embedding.0.weight"].shape[1],
+            freq_dim=state_dict["time_embedding.0.weight"].shape[1],
+            out_dim=head.shape[0] // (patch_size[0] * patch_size[1] * patch_size[2]),
+            num_layers=_count_layers(state_dict),
+            qk_norm="blocks.0.self_attn.norm_q.weight" in state_dict,
+            cross_attn_norm="blocks.0.norm3.weight" in state_dict,
+        )
+    except KeyError as exc:
+        raise CheckpointError(path, f"missing key {exc.args[0]!r} needed to infer the model size") from exc
+    for preset in PRESETS.values():
+        if preset.dim == dim:
+            return WanConfig.from_dict({**preset.to_dict(), **shapes, "num_heads": preset.num_heads})
+    if dim % HEAD_DIM:
+        raise CheckpointError(
+            path, f"unknown model size (dim {dim}): the number of attention heads cannot be inferred; "
+                  f"known sizes are {', '.join(f'{n} (dim {p.dim})' for n, p in PRESETS.items())}, and files we "
+                  "write carry their config in metadata")
+    return WanConfig(**shapes, num_heads=dim // HEAD_DIM)
+
+
+def _check_keys(model: CausalWanModel, state_dict: Mapping[str, torch.Tensor], path: str) -> None:
+    expected = dict(model.state_dict())
+    missing = sorted(set(expected) - set(state_dict))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CheckpointError(path, f"missing {len(missing)} key(s): {shown}; the file is incomplete or not a "
+                                    "Wan2.1 T2V transformer")
+    for key, tensor in expected.items():
+        if tuple(state_dict[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(path, f"key {key!r} has shape {list(state_dict[key].shape)}, expected "
+                                        f"{list(tensor.shape)} for the inferred config")
+
+
+def load_transformer(
+    path: str,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str | torch.device = "cpu",
+    attention_backend: str = "auto",
+    use_ema: bool = True,
+) -> LoadedTransformer:
+    """Load a causal Wan transformer from any supported file, ready for the streaming sampler."""
+    path = os.fspath(path)
+    state, metadata = read_transformer_state(path, use_ema)
+    kind = classify(state)
+    if kind != "wan_t2v":
+        raise CheckpointError(path, _WRONG_KIND[kind])
+    config = infer_config(state, metadata, path)
+    with torch.device("meta"):
+        model = CausalWanModel(config, attention_backend=attention_backend)
+    _check_keys(model, state, path)
+    weights = dequantize({k: state[k] for k in model.state_dict()}, dtype)
+    model.load_state_dict(weights, strict=True, assign=True)
+    model = model.to(device).eval().requires_grad_(False)
+    family = detect_family(path, metadata.get("family"))
+    settings = family.settings
+    if "causal_settings" in metadata:
+        settings = CausalSettings(**_settings_from_json(metadata["causal_settings"]))
+    return LoadedTransformer(model, config, family, settings, path)
+
+
+def _settings_from_json(text: str) -> dict[str, Any]:
+    values = json.loads(text)
+    if "denoising_steps" in values:
+        values["denoising_steps"] = tuple(values["denoising_steps"])
+    return values
+
+
+def save_transformer(
+    model: CausalWanModel, path: str, settings: CausalSettings | None = None, family: str | None = None
+) -> None:
+    """Write a transformer as safetensors with its config (and causal settings) in the metadata."""
+    from safetensors.torch import save_file
+
+    metadata = {"config": json.dumps(model.config.to_dict())}
+    if settings is not None:
+        metadata["causal_settings"] = json.dumps(asdict(settings))
+    if family:
+        metadata["family"] = family
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, path, metadata=metadata)
