@@ -152,7 +152,8 @@ def load_transformer(
     with torch.device("meta"):
         model = CausalWanModel(config, attention_backend=attention_backend)
     _check_keys(model, state, path)
-    weights = dequantize({k: state[k] for k in model.state_dict()}, dtype)
+    weights = dequantize(state, dtype)
+    weights = {k: weights[k] for k in model.state_dict()}
     model.load_state_dict(weights, strict=True, assign=True)
     model = model.to(device).eval().requires_grad_(False)
     family = detect_family(path, metadata.get("family"))

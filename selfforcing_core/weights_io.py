@@ -95,7 +95,13 @@ def _check_safetensors_size(path: str) -> None:
 
 def _read_pickle(path: str) -> dict[str, Any]:
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            # legacy (non-zip) pickles cannot be memory-mapped; read them whole, still weights-only
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except RuntimeError as exc:
         if "zip" in str(exc).lower() or "truncat" in str(exc).lower():
             raise CheckpointError(path, f"file is truncated or damaged ({exc})") from exc
