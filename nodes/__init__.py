@@ -1,0 +1,11 @@
+"""The ComfyUI extension: gathers the pack's nodes (thin adapters over `selfforcing_core`)."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+
+class SelfForcingExtension(ComfyExtension):
+    """Registers every Self-Forcing node with ComfyUI."""
+
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return []
