@@ -3,11 +3,17 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-BACKENDS = ("auto", "sdpa", "flash_attn", "math")
+BACKENDS = ("auto", "sdpa", "cudnn", "flash_attn", "math")
 _HALF = (torch.float16, torch.bfloat16)
+# cuDNN's fused attention is the fastest SDPA kernel on Hopper; PyTorch falls back in this order.
+_CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                SDPBackend.MATH]
 
 
 def _flash_attn_func():
@@ -31,7 +37,16 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> s
         )
     if backend == "auto":
         return "flash_attn" if usable_flash else "sdpa"
+    if backend == "cudnn" and not (device.type == "cuda" and dtype in _HALF):
+        return "sdpa"
     return backend
+
+
+def kernel_scope(backend: str) -> contextlib.AbstractContextManager:
+    """Context in which SDPA calls use the kernel order of `backend` (entered once per model call)."""
+    if backend == "cudnn":
+        return sdpa_kernel(_CUDNN_FIRST, set_priority=True)
+    return contextlib.nullcontext()
 
 
 def attend(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 
@@ -43,6 +43,12 @@ class ChunkResult:
     is_prefix: bool = False
 
 
+class X0Adjustment(Protocol):
+    """Changes each x0 prediction of a chunk (keyframe conditioning, guidance)."""
+
+    def __call__(self, chunk: ChunkPlan, step: int, num_steps: int, x0: torch.Tensor) -> torch.Tensor: ...
+
+
 def plan_chunks(
     num_frames: int,
     settings: CausalSettings,
@@ -75,8 +81,9 @@ def plan_chunks(
 
 
 def _synchronize(device: torch.device) -> None:
+    """Wait for this thread's stream only, so a decoder on another stream keeps running."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.current_stream(device).synchronize()
 
 
 class StreamingSampler:
@@ -128,13 +135,14 @@ class StreamingSampler:
         latent_shape: tuple[int, int, int, int],
         prefix: torch.Tensor | None = None,
         interrupt: Callable[[], None] | None = None,
+        adjust_x0: X0Adjustment | None = None,
     ) -> Iterator[ChunkResult]:
         """Yield each chunk of `plan` as soon as it is denoised (its cache pass runs on resumption).
 
         latent_shape is (B, C, H, W); contexts are text embeddings [B, L, text_dim], one per prompt
         index used by the plan; prefix is clean latents [B, C, P, H, W] written before the plan
         (the plan must then start at frame P). `interrupt` is called before every model call and
-        may raise to stop the run.
+        may raise to stop the run; `adjust_x0` may change every x0 prediction (keyframes).
         """
         contexts = [contexts] if torch.is_tensor(contexts) else list(contexts)
         batch, channels, height, width = latent_shape
@@ -162,7 +170,7 @@ class StreamingSampler:
             for chunk in plan:
                 use_prompt(chunk.prompt)
                 shape = (batch, channels, chunk.num_frames, height, width)
-                result = self._denoise_chunk(chunk, noise, shape, cache, interrupt)
+                result = self._denoise_chunk(chunk, noise, shape, cache, interrupt, adjust_x0)
                 yield result
                 self._context_pass(result.latents, chunk.start_frame, cache, interrupt)
 
@@ -198,6 +206,7 @@ class StreamingSampler:
         shape: tuple[int, ...],
         cache: KVCache,
         interrupt: Callable[[], None] | None,
+        adjust_x0: X0Adjustment | None = None,
     ) -> ChunkResult:
         began = time.perf_counter()
         device = self.model.device
@@ -209,6 +218,8 @@ class StreamingSampler:
                 interrupt()
             flow = self.model(x, frame_t * t, cache=cache, start_frame=chunk.start_frame)
             x0 = self.schedule.flow_to_x0(flow.to(self.latent_dtype), x, frame_t * t)
+            if adjust_x0 is not None:
+                x0 = adjust_x0(chunk, i, len(timesteps), x0)
             if i + 1 < len(timesteps):
                 draw = noise.renoise(x0.shape).to(device, self.latent_dtype)
                 x = self.schedule.add_noise(x0, draw, frame_t * timesteps[i + 1])

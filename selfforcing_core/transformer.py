@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attend, resolve_backend
+from .attention import attend, kernel_scope, resolve_backend
 from .config import WanConfig
 from .kv_cache import KVCache
 from .rope import apply_rope, rope_cos_sin
@@ -55,8 +55,8 @@ def sinusoidal_embedding(dim: int, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with RMS-normed q/k and 3D RoPE; reads/writes the KV cache."""
+class _Projections(nn.Module):
+    """q/k/v/o projections with optional RMS-normed q and k, shared by both attention kinds."""
 
     def __init__(self, cfg: WanConfig):
         super().__init__()
@@ -68,65 +68,61 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, D] -> [B, heads, L, head_dim]."""
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, ctx: "ForwardContext", layer: int) -> torch.Tensor:
-        q = apply_rope(self._heads(self.norm_q(self.q(x))), ctx.cos, ctx.sin)
-        k = apply_rope(self._heads(self.norm_k(self.k(x))), ctx.cos, ctx.sin)
-        v = self._heads(self.v(x))
-        if ctx.cache is not None:
-            k, v = ctx.cache.write(layer, ctx.start_frame, k, v)
-        out = attend(q, k, v, ctx.mask, ctx.backend)
-        return self.o(out.transpose(1, 2).flatten(2))
+    def output(self, attended: torch.Tensor) -> torch.Tensor:
+        """[B, heads, L, head_dim] -> projected [B, L, D]."""
+        return self.o(attended.transpose(1, 2).flatten(2))
 
 
-class CrossAttention(nn.Module):
+class SelfAttention(_Projections):
+    """Self-attention projections with 3D RoPE; the attention itself runs in `DiTBlock` (KV cache)."""
+
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        q = apply_rope(self.heads(self.norm_q(self.q(x))), cos, sin)
+        k = apply_rope(self.heads(self.norm_k(self.k(x))), cos, sin)
+        return q, k, self.heads(self.v(x))
+
+
+class CrossAttention(_Projections):
     """Attention from video tokens to the (padded) text context; K/V are cached per prompt."""
-
-    def __init__(self, cfg: WanConfig):
-        super().__init__()
-        self.num_heads = cfg.num_heads
-        self.q = nn.Linear(cfg.dim, cfg.dim)
-        self.k = nn.Linear(cfg.dim, cfg.dim)
-        self.v = nn.Linear(cfg.dim, cfg.dim)
-        self.o = nn.Linear(cfg.dim, cfg.dim)
-        self.norm_q = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
-        self.norm_k = RMSNorm(cfg.dim, cfg.eps) if cfg.qk_norm else nn.Identity()
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
     def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values [B, heads, text_len, d] of an embedded text context."""
-        return self._heads(self.norm_k(self.k(context))), self._heads(self.v(context))
+        return self.heads(self.norm_k(self.k(context))), self.heads(self.v(context))
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], backend: str) -> torch.Tensor:
-        q = self._heads(self.norm_q(self.q(x)))
-        out = attend(q, kv[0], kv[1], None, backend)
-        return self.o(out.transpose(1, 2).flatten(2))
+        q = self.heads(self.norm_q(self.q(x)))
+        return self.output(attend(q, kv[0], kv[1], None, backend))
 
 
 class ForwardContext:
     """What every block of one forward call shares: rotations, mask, cache and frame layout."""
 
-    def __init__(self, cos, sin, mask, cache, start_frame, frames, backend):
+    def __init__(self, cos, sin, mask, cache, start_frame, backend):
         self.cos, self.sin, self.mask = cos, sin, mask
         self.cache: KVCache | None = cache
-        self.start_frame, self.frames, self.backend = start_frame, frames, backend
+        self.start_frame, self.backend = start_frame, backend
 
 
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, frames: int) -> torch.Tensor:
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Per-frame adaptive norm: x [B, F*T, D], shift/scale [B, F, 1, D]."""
-    return (x.unflatten(1, (frames, -1)) * (1 + scale) + shift).flatten(1, 2)
+    return (x.unflatten(1, (shift.shape[1], -1)) * (1 + scale) + shift).flatten(1, 2)
 
 
-def _gate(y: torch.Tensor, gate: torch.Tensor, frames: int) -> torch.Tensor:
-    return (y.unflatten(1, (frames, -1)) * gate).flatten(1, 2)
+def _gate(y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    return (y.unflatten(1, (gate.shape[1], -1)) * gate).flatten(1, 2)
 
 
 class DiTBlock(nn.Module):
-    """Self-attention, cross-attention and FFN with Wan's 6-way per-frame modulation."""
+    """Self-attention, cross-attention and FFN with Wan's 6-way per-frame modulation.
+
+    The work around the self-attention (`_attention_inputs`, `_finish`) has fixed shapes within a
+    video, so `compile_parts()` compiles just those; the cache write and the attention over a growing
+    cache stay eager.
+    """
 
     def __init__(self, cfg: WanConfig):
         super().__init__()
@@ -141,6 +137,21 @@ class DiTBlock(nn.Module):
             nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, cfg.dim)
         )
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+        self._compiled: tuple | None = None
+
+    def compile_parts(self, **options) -> None:
+        """Compile the fixed-shape parts of the block with torch.compile."""
+        self._compiled = (torch.compile(self._attention_inputs, **options), torch.compile(self._finish, **options))
+
+    def _attention_inputs(self, x, mod, cos, sin):
+        shift, scale = mod[:, :, 0:1], mod[:, :, 1:2]
+        return self.self_attn.qkv(_modulate(self.norm1(x), shift, scale), cos, sin)
+
+    def _finish(self, x, attended, mod, text_k, text_v, backend: str):
+        x = x + _gate(self.self_attn.output(attended), mod[:, :, 2:3])
+        x = x + self.cross_attn(self.norm3(x), (text_k, text_v), backend)
+        y = self.ffn(_modulate(self.norm2(x), mod[:, :, 3:4], mod[:, :, 4:5]))
+        return x + _gate(y, mod[:, :, 5:6])
 
     def forward(
         self,
@@ -150,13 +161,13 @@ class DiTBlock(nn.Module):
         ctx: ForwardContext,
         layer: int,
     ) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.unsqueeze(1) + e).chunk(6, dim=2)
-        n = ctx.frames
-        y = self.self_attn(_modulate(self.norm1(x), shift1, scale1, n), ctx, layer)
-        x = x + _gate(y, gate1, n)
-        x = x + self.cross_attn(self.norm3(x), text_kv, ctx.backend)
-        y = self.ffn(_modulate(self.norm2(x), shift2, scale2, n))
-        return x + _gate(y, gate2, n)
+        inputs_fn, finish_fn = self._compiled or (self._attention_inputs, self._finish)
+        mod = self.modulation.unsqueeze(1) + e
+        q, k, v = inputs_fn(x, mod, ctx.cos, ctx.sin)
+        if ctx.cache is not None:
+            k, v = ctx.cache.write(layer, ctx.start_frame, k, v)
+        attended = attend(q, k, v, ctx.mask, ctx.backend)
+        return finish_fn(x, attended, mod, text_kv[0], text_kv[1], ctx.backend)
 
 
 class Head(nn.Module):
@@ -168,9 +179,9 @@ class Head(nn.Module):
         self.head = nn.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.out_dim)
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         shift, scale = (self.modulation.unsqueeze(1) + e).chunk(2, dim=2)
-        return self.head(_modulate(self.norm(x), shift, scale, frames))
+        return self.head(_modulate(self.norm(x), shift, scale))
 
 
 class CausalWanModel(nn.Module):
@@ -201,6 +212,12 @@ class CausalWanModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.patch_embedding.weight.device
+
+    def compile_blocks(self, **options) -> "CausalWanModel":
+        """torch.compile the fixed-shape work of every block (a GPU speed option; outputs unchanged)."""
+        for block in self.blocks:
+            block.compile_parts(**options)
+        return self
 
     def frame_tokens(self, height: int, width: int) -> int:
         """Tokens per latent frame of a latent of this height and width."""
@@ -282,20 +299,20 @@ class CausalWanModel(nn.Module):
                     raise ValueError("the KV cache holds no prompt; pass `context`")
                 self.set_prompt(cache, context)
             cache.check_write(start_frame, frames)
-            text_kv = None
         else:
             if context is None:
                 raise ValueError("`context` (text embeddings) is required without a KV cache")
             text = self.embed_text(context)
 
         cos, sin = self._rope_tables(start_frame, frames, h, w)
-        ctx = ForwardContext(cos, sin, attn_mask, cache, start_frame, frames,
-                             resolve_backend(self.attention_backend, x.device, self.dtype))
-        for layer, block in enumerate(self.blocks):
-            text_kv = cache.prompt_kv(layer) if cache is not None else block.cross_attn.context_kv(text)
-            tokens = block(tokens, e6, text_kv, ctx, layer)
+        backend = resolve_backend(self.attention_backend, x.device, self.dtype)
+        ctx = ForwardContext(cos, sin, attn_mask, cache, start_frame, backend)
+        with kernel_scope(backend):
+            for layer, block in enumerate(self.blocks):
+                text_kv = cache.prompt_kv(layer) if cache is not None else block.cross_attn.context_kv(text)
+                tokens = block(tokens, e6, text_kv, ctx, layer)
 
-        out = self.head(tokens, e.unflatten(0, (batch, frames)).unsqueeze(2), frames)
+        out = self.head(tokens, e.unflatten(0, (batch, frames)).unsqueeze(2))
         return self._unpatchify(out, frames, h, w)
 
     def _unpatchify(self, x: torch.Tensor, frames: int, h: int, w: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from selfforcing_core.checkpoint import load_transformer, save_transformer
 from selfforcing_core.config import CausalSettings, WanConfig
 from selfforcing_core.weights_io import CheckpointError
 
-from conftest import TINY, tiny_model
+from tiny_models import TINY, tiny_model
 
 # head_dim 128 like every released Wan size, and text_len 512 as Wan (neither is stored in the weights)
 HEADS128 = WanConfig(dim=256, ffn_dim=64, num_heads=2, num_layers=1, text_dim=32, text_len=512, freq_dim=16)

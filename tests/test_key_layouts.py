@@ -10,7 +10,7 @@ import torch
 from selfforcing_core.config import WAN_1_3B, WAN_14B
 from selfforcing_core.transformer import CausalWanModel
 
-from conftest import GOLDEN_DIR
+from tiny_models import GOLDEN_DIR
 
 
 def reference_layout(name: str) -> dict:

@@ -9,7 +9,7 @@ from selfforcing_core.kv_cache import KVCache
 from selfforcing_core.noise import SeededNoise
 from selfforcing_core.sampler import StreamingSampler, plan_chunks
 
-from conftest import TINY
+from tiny_models import TINY
 
 
 def _cache(**kwargs) -> KVCache:

@@ -10,7 +10,7 @@ import sys
 import pytest
 from safetensors.torch import load_file, save_file
 
-from conftest import GOLDEN_DIR
+from tiny_models import GOLDEN_DIR
 
 CASES = sorted(glob.glob(os.path.join(GOLDEN_DIR, "*.safetensors")) +
                glob.glob(os.path.join(GOLDEN_DIR, "extra", "*.safetensors")))

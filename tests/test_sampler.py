@@ -8,7 +8,7 @@ from selfforcing_core.config import CausalSettings
 from selfforcing_core.noise import SeededNoise
 from selfforcing_core.sampler import StreamingSampler, plan_chunks
 
-from conftest import TINY
+from tiny_models import TINY
 
 SETTINGS = CausalSettings(chunk_frames=3, denoising_steps=(1000, 750, 500))
 SHAPE = (1, 16, 4, 4)

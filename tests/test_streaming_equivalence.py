@@ -6,7 +6,7 @@ import torch
 
 from selfforcing_core.attention import block_causal_mask
 
-from conftest import TINY
+from tiny_models import TINY
 
 
 def _stream(model, x, t, context, chunk_sizes, window=None, sink=0):

@@ -1,0 +1,179 @@
+"""One generation request end to end: prompts and keyframes in, decoded chunks out as they finish.
+
+Data flows one way: text embeddings and keyframe latents -> the streaming sampler -> the streaming
+decoder -> the caller (a ComfyUI node pushes frames to the browser; the CLI writes them to disk).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from .background import run_ahead
+from .config import CausalSettings
+from .keyframe_conditioning import EndFrameGuidance
+from .noise import NoiseSource, SeededNoise
+from .sampler import StreamingSampler, plan_chunks
+from .transformer import CausalWanModel
+from .vae_stream import ChunkDecoder, StreamingDecoder
+from .video_geometry import SPATIAL_FACTOR, check_size, latent_frame_of, latent_frames_for, video_frames_for
+
+
+@dataclass
+class PromptSegment:
+    """Text embeddings [1 or B, L, text_dim] that apply from video frame `start_frame` on."""
+
+    embeddings: torch.Tensor
+    start_frame: int = 0
+
+
+@dataclass
+class GenerationRequest:
+    """What to generate. Sizes are in pixels and video frames (16 fps); keyframe latents are
+    normalised VAE latents [1 or B, C, 1, h, w]. `steps` overrides the model's step list."""
+
+    prompts: Sequence[PromptSegment]
+    width: int
+    height: int
+    num_frames: int
+    seed: int = 0
+    batch_size: int = 1
+    steps: tuple[int, ...] | None = None
+    start_latent: torch.Tensor | None = None
+    end_latent: torch.Tensor | None = None
+    end_strength: float = 0.5
+    first_chunk_steps: tuple[int, ...] | None = None
+    noise: NoiseSource | None = field(default=None, repr=False)
+
+
+@dataclass
+class StreamedChunk:
+    """A finished chunk: its latents, and its frames [B, T, H, W, 3] in [0, 1] when a decoder is set."""
+
+    index: int
+    num_chunks: int
+    start_frame: int
+    end_frame: int
+    latents: torch.Tensor
+    frames: torch.Tensor | None
+    model_seconds: float
+    decode_seconds: float
+
+
+def _batched(tensor: torch.Tensor, batch: int, what: str) -> torch.Tensor:
+    if tensor.shape[0] == batch:
+        return tensor
+    if tensor.shape[0] == 1:
+        return tensor.expand(batch, *tensor.shape[1:])
+    raise ValueError(f"{what} has batch {tensor.shape[0]}, expected 1 or {batch}")
+
+
+class VideoPipeline:
+    """A causal transformer, its settings and an optional streaming decoder, ready to stream videos."""
+
+    def __init__(self, model: CausalWanModel, settings: CausalSettings, decoder: ChunkDecoder | None = None):
+        self.sampler = StreamingSampler(model, settings)
+        self.decoder = StreamingDecoder(decoder) if decoder is not None else None
+        self._decode_stream = None
+
+    @property
+    def settings(self) -> CausalSettings:
+        return self.sampler.settings
+
+    def release(self) -> None:
+        """Free the KV cache and the decoder's memory between runs."""
+        self.sampler.release()
+        if self.decoder is not None:
+            self.decoder.reset()
+
+    def stream(self, request: GenerationRequest, interrupt: Callable[[], None] | None = None,
+               overlap: bool | None = None) -> Iterator[StreamedChunk]:
+        """Generate `request`, yielding every chunk (decoded if a decoder is set) as soon as it is done.
+
+        With `overlap` (default: on CUDA with a decoder) the sampler runs in a worker thread, so chunk
+        k is decoded on its own CUDA stream while chunk k + 1 is denoised.
+        """
+        check_size(request.width, request.height)
+        if not request.prompts:
+            raise ValueError("at least one prompt is needed")
+        batch = request.batch_size
+        model = self.sampler.model
+        channels = model.config.in_dim
+        h, w = request.height // SPATIAL_FACTOR, request.width // SPATIAL_FACTOR
+        total = latent_frames_for(request.num_frames)
+        prefix = self._prefix(request, batch, channels, h, w)
+        prefix_frames = 0 if prefix is None else prefix.shape[2]
+        if total <= prefix_frames:
+            raise ValueError(f"{request.num_frames} frames leave nothing to generate after the start keyframe")
+
+        segments = sorted(request.prompts, key=lambda s: s.start_frame)
+        contexts = [_batched(s.embeddings, batch, "prompt embeddings") for s in segments]
+        settings = self.settings if request.steps is None else self.settings.with_(denoising_steps=tuple(request.steps))
+        plan = plan_chunks(total - prefix_frames, settings, start_frame=prefix_frames,
+                           first_chunk_steps=request.first_chunk_steps,
+                           prompt_starts=[latent_frame_of(s.start_frame) for s in segments[1:]])
+        adjust = None
+        if request.end_latent is not None:
+            end = _batched(request.end_latent, batch, "end keyframe latent")
+            adjust = EndFrameGuidance(end, last_frame=total - 1, strength=request.end_strength)
+        noise = request.noise or SeededNoise(request.seed, batch)
+        if self.decoder is not None:
+            self.decoder.reset()
+        count = len(plan) + (0 if prefix is None else -(-prefix_frames // settings.chunk_frames))
+
+        def chunks(cancelled: Callable[[], None]):
+            def check() -> None:
+                cancelled()
+                if interrupt is not None:
+                    interrupt()
+            return self.sampler.stream(plan, contexts, noise, (batch, channels, h, w), prefix=prefix,
+                                       interrupt=check, adjust_x0=adjust)
+
+        if overlap is None:
+            overlap = self.decoder is not None and model.device.type == "cuda"
+        source = run_ahead(chunks) if overlap else chunks(lambda: None)
+        for index, chunk in enumerate(source):
+            yield self._decoded(index, count, chunk.start_frame, chunk.end_frame, chunk.latents, chunk.seconds)
+
+    def _prefix(self, request: GenerationRequest, batch: int, channels: int, h: int, w: int) -> torch.Tensor | None:
+        if request.start_latent is None:
+            return None
+        prefix = _batched(request.start_latent, batch, "start keyframe latent")
+        if prefix.shape[1] != channels or tuple(prefix.shape[3:]) != (h, w):
+            raise ValueError(
+                f"the start keyframe latent is {tuple(prefix.shape[1:])} but a {request.width}x{request.height} "
+                f"video needs ({channels}, T, {h}, {w}); encode the keyframe at the video's size"
+            )
+        return prefix
+
+    def _decoded(self, index: int, count: int, start: int, end: int, latents: torch.Tensor,
+                 model_seconds: float) -> StreamedChunk:
+        frames, decode_seconds = None, 0.0
+        if self.decoder is not None:
+            began = time.perf_counter()
+            with self._side_stream(latents):
+                pixels = self.decoder.decode_chunk(latents)
+                frames = (pixels.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).cpu()
+            decode_seconds = time.perf_counter() - began
+        return StreamedChunk(index, count, video_frames_for(start) if start else 0, video_frames_for(end),
+                             latents, frames, model_seconds, decode_seconds)
+
+    def _side_stream(self, latents: torch.Tensor):
+        """A CUDA stream of the decoder's own, so decoding runs beside the sampler's stream."""
+        if latents.device.type != "cuda":
+            return contextlib.nullcontext()
+        if self._decode_stream is None:
+            self._decode_stream = torch.cuda.Stream(latents.device)
+        latents.record_stream(self._decode_stream)
+        return torch.cuda.stream(self._decode_stream)
+
+    def generate(self, request: GenerationRequest, interrupt: Callable[[], None] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run to the end: all latents [B, C, F, h, w] and, with a decoder, all frames [B, T, H, W, 3]."""
+        chunks = list(self.stream(request, interrupt))
+        latents = torch.cat([c.latents for c in chunks], dim=2)
+        frames = torch.cat([c.frames for c in chunks], dim=1) if self.decoder is not None else None
+        return latents, frames

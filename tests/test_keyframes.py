@@ -1,0 +1,98 @@
+"""Keyframe images -> VAE latents: the cover-and-centre-crop rule, input forms, and clear refusals."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from selfforcing_core.keyframes import encode_keyframe, encode_keyframes, prepare_keyframe
+from selfforcing_core.vae_loading import wan_vae_from_state_dict
+
+CASE = Path(__file__).parent / "golden" / "wan_vae_tiny.safetensors"
+
+
+@pytest.fixture(scope="module")
+def vae():
+    weights = {key[7:]: value for key, value in load_file(str(CASE)).items() if key.startswith("weight.")}
+    return wan_vae_from_state_dict(weights, dtype=torch.float32)
+
+
+def _bands(height: int, width: int, axis: int) -> torch.Tensor:
+    """An RGB image in three equal bands (red, green, blue) along `axis` (0: rows, 1: columns)."""
+    image = torch.zeros(height, width, 3)
+    size = (height, width)[axis] // 3
+    for band in range(3):
+        index = [slice(None), slice(None), band]
+        index[axis] = slice(band * size, (band + 1) * size)
+        image[tuple(index)] = 1.0
+    return image
+
+
+def test_wide_image_is_scaled_to_cover_then_centre_cropped():
+    frame = prepare_keyframe(_bands(30, 90, axis=1), width=32, height=32)
+    assert frame.shape == (1, 3, 32, 32)
+    assert torch.allclose(frame[0, :, :, 8:24].mean(dim=(1, 2)), torch.tensor([-1.0, 1.0, -1.0]), atol=1e-6)
+
+
+def test_tall_image_keeps_its_middle_rows():
+    frame = prepare_keyframe(_bands(120, 40, axis=0), width=32, height=16)
+    assert frame.shape == (1, 3, 16, 32)
+    assert torch.allclose(frame[0].mean(dim=(1, 2)), torch.tensor([-1.0, 1.0, -1.0]), atol=1e-6)
+
+
+def test_uint8_and_float_images_agree_and_exact_sizes_pass_through():
+    pixels = torch.randint(0, 256, (32, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    from_bytes = prepare_keyframe(pixels, width=48, height=32)
+    from_floats = prepare_keyframe(pixels.float() / 255, width=48, height=32)
+    assert torch.equal(from_bytes, from_floats)
+    assert torch.equal(from_bytes[0], pixels.permute(2, 0, 1).float() / 255 * 2 - 1)
+
+
+def test_odd_sized_batched_and_grey_images_are_resized():
+    assert prepare_keyframe(torch.rand(37, 53, 3), width=48, height=32).shape == (1, 3, 32, 48)
+    assert prepare_keyframe(torch.rand(2, 7, 5, 3), width=16, height=32).shape == (2, 3, 32, 16)
+    grey = prepare_keyframe(torch.rand(20, 20, 1), width=16, height=16)
+    assert torch.equal(grey[:, 0], grey[:, 2])
+
+
+def test_start_and_end_keyframes_become_one_latent_frame_each(vae):
+    start, end = torch.rand(40, 40, 3), torch.randint(0, 256, (33, 61, 3), dtype=torch.uint8)
+    latents = encode_keyframes(vae, width=48, height=32, start=start, end=end)
+    assert latents.start.shape == latents.end.shape == (1, 16, 1, 4, 6)
+    assert torch.equal(latents.start, vae.encode(prepare_keyframe(start, 48, 32).unsqueeze(2)))
+    only_end = encode_keyframes(vae, width=48, height=32, end=end)
+    assert only_end.start is None and torch.equal(only_end.end, latents.end)
+    with pytest.raises(ValueError, match="start and/or an end"):
+        encode_keyframes(vae, width=48, height=32)
+
+
+def test_alpha_channel_is_refused_with_a_fix(vae):
+    with pytest.raises(ValueError, match=r"alpha channel .*RGB.*image\[\.\.\., :3\]"):
+        encode_keyframe(vae, torch.rand(32, 32, 4), width=32, height=32)
+    with pytest.raises(ValueError, match="alpha"):
+        prepare_keyframe(torch.rand(32, 32, 2), width=32, height=32)
+
+
+@pytest.mark.parametrize("width, height, nearest", [(833, 480, "832"), (832, 470, "464"), (8, 16, "16")])
+def test_target_size_must_be_a_multiple_of_16(width, height, nearest):
+    with pytest.raises(ValueError, match=f"not a multiple of 16.*use e.g. {nearest}"):
+        prepare_keyframe(torch.rand(64, 64, 3), width=width, height=height)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (torch.rand(32, 32), r"\[H, W, C\]"),
+        (torch.rand(1, 1, 32, 32, 3), r"\[H, W, C\]"),
+        (torch.rand(3, 32, 32), "channels first"),
+        (torch.rand(0, 32, 3), "empty"),
+        (torch.rand(32, 32, 3) * 255, r"\[0, 1\].*divide 0-255 images by 255"),
+        (torch.randint(0, 9, (8, 8, 3), dtype=torch.int64), "uint8 or float"),
+    ],
+    ids=["2d", "5d", "chw", "empty", "0-255-float", "int64"],
+)
+def test_malformed_images_are_refused(image, message):
+    with pytest.raises(ValueError, match=message):
+        prepare_keyframe(image, width=32, height=32)
