@@ -12,7 +12,8 @@ FLOP count of one model call on q query tokens with k visible self-attention key
 plus 2*q*d*(6*d) for the modulation-free head is ignored (<0.1%). Cross-attention K/V of the
 prompt are computed once per video and not counted. Summed over all calls of the video.
 
-Usage (on the device): python benchmarks/bench_generation.py [--frame-wise] [--preview] [--size 14b]
+Usage (on the device): python benchmarks/bench_generation.py [--frame-wise] [--decoders none,wan,taehv]
+    [--backend auto|sdpa|cudnn] [--compile] [--overlap] [--channels-last] [--size wan2.1-t2v-14b]
 """
 from __future__ import annotations
 
@@ -46,18 +47,26 @@ def flops_of_video(cfg: WanConfig, frame_tokens: int, plan, steps_per_chunk: int
     return total
 
 
+def channels_last(module: torch.nn.Module) -> None:
+    """Store every conv weight channels-last (cuDNN's fast layout on tensor cores)."""
+    for layer in module.modules():
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.Conv3d)):
+            fmt = torch.channels_last if layer.weight.dim() == 4 else torch.channels_last_3d
+            layer.weight.data = layer.weight.data.contiguous(memory_format=fmt)
+
+
 def build(size: str, device: str, dtype: torch.dtype, backend: str) -> CausalWanModel:
     with torch.device(device):
         model = CausalWanModel(PRESETS[size], attention_backend=backend)
     return model.to(dtype).eval().requires_grad_(False)
 
 
-def run_once(pipeline: VideoPipeline, request: GenerationRequest) -> dict:
+def run_once(pipeline: VideoPipeline, request: GenerationRequest, overlap: bool = False) -> dict:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     began = time.perf_counter()
     first, chunk_times, frames = None, [], 0
-    for chunk in pipeline.stream(request):
+    for chunk in pipeline.stream(request, overlap=overlap):
         torch.cuda.synchronize()
         now = time.perf_counter()
         if first is None:
@@ -80,13 +89,20 @@ def main() -> None:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--decoders", default="none,wan,taehv", help="comma list of none/wan/taehv")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fixed-shape block work")
+    parser.add_argument("--overlap", action="store_true", help="decode each chunk beside the next one's denoising")
+    parser.add_argument("--channels-last", action="store_true", help="decoder convolutions in channels-last layout")
     parser.add_argument("--check-fp32", action="store_true", help="compare bf16 latents with the float32 path")
     parser.add_argument("--json", help="append the results as JSON lines to this file")
     args = parser.parse_args()
 
     device, dtype = "cuda", torch.bfloat16
+    torch.backends.cudnn.benchmark = True
     settings = CausalSettings(chunk_frames=1 if args.frame_wise else 3)
     model = build(args.size, device, dtype, args.backend)
+    if args.compile:
+        torch._dynamo.config.cache_size_limit = 64
+        model.compile_blocks()
     text = torch.randn(1, 512, model.config.text_dim, device=device, dtype=dtype)
     request = GenerationRequest([PromptSegment(text)], args.width, args.height, args.frames, seed=0)
     plan = plan_chunks(latent_frames_for(args.frames), settings)
@@ -97,10 +113,17 @@ def main() -> None:
         decoder = decoders[name]()
         if decoder is not None:
             decoder = decoder.to(device, dtype).eval()
+            if args.channels_last:
+                channels_last(decoder)
         pipeline = VideoPipeline(model, settings, decoder)
-        run_once(pipeline, request)  # warm-up: kernels, allocator, autotuning
-        best = min((run_once(pipeline, request) for _ in range(args.repeats)), key=lambda r: r["seconds"])
+        overlap = args.overlap
+        began = time.perf_counter()
+        run_once(pipeline, request, overlap)  # warm-up: kernels, allocator, autotuning, compilation
+        warmup = time.perf_counter() - began
+        best = min((run_once(pipeline, request, overlap) for _ in range(args.repeats)), key=lambda r: r["seconds"])
         result = {"size": args.size, "mode": "frame-wise" if args.frame_wise else "chunk-wise", "decoder": name,
+                  "backend": args.backend, "compile": args.compile, "overlap": args.overlap,
+                  "channels_last": args.channels_last, "warmup_s": round(warmup, 1),
                   "device": torch.cuda.get_device_name(), "torch": torch.__version__, **best,
                   "video_tflop": flops / 1e12}
         if name == "none":

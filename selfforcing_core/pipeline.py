@@ -90,11 +90,12 @@ class VideoPipeline:
             self.decoder.reset()
 
     def stream(self, request: GenerationRequest, interrupt: Callable[[], None] | None = None,
-               overlap: bool | None = None) -> Iterator[StreamedChunk]:
+               overlap: bool = False) -> Iterator[StreamedChunk]:
         """Generate `request`, yielding every chunk (decoded if a decoder is set) as soon as it is done.
 
-        With `overlap` (default: on CUDA with a decoder) the sampler runs in a worker thread, so chunk
-        k is decoded on its own CUDA stream while chunk k + 1 is denoised.
+        With `overlap` the sampler runs in a worker thread, so chunk k is decoded on its own CUDA
+        stream while chunk k + 1 is denoised. Off by default: on an H100 both are compute-bound and
+        the overlapped run measured slower (benchmarks/results.md).
         """
         check_size(request.width, request.height)
         if not request.prompts:
@@ -132,8 +133,6 @@ class VideoPipeline:
             return self.sampler.stream(plan, contexts, noise, (batch, channels, h, w), prefix=prefix,
                                        interrupt=check, adjust_x0=adjust)
 
-        if overlap is None:
-            overlap = self.decoder is not None and model.device.type == "cuda"
         source = run_ahead(chunks) if overlap else chunks(lambda: None)
         for index, chunk in enumerate(source):
             yield self._decoded(index, count, chunk.start_frame, chunk.end_frame, chunk.latents, chunk.seconds)

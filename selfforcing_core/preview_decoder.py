@@ -74,7 +74,7 @@ class TGrow(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c, h, w = x.shape
-        return self.conv(x.flatten(0, 1)).view(b, t * self.stride, c, h, w)
+        return self.conv(x.flatten(0, 1)).reshape(b, t * self.stride, c, h, w)
 
 
 class _SoftClamp(nn.Module):

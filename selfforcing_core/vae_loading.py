@@ -24,6 +24,9 @@ _WAN22_VAE_MARKER = "decoder.upsamples.0.upsamples.0.residual.2.weight"
 _DIFFUSERS_MARKER = "decoder.mid_block.resnets.0.norm1.gamma"
 _TAEHV_MARKER = "decoder.3.conv.0.weight"
 _PREFIXES = ("first_stage_model.", "vae.", "model.")
+# Key patterns of the files most often picked by mistake: Wan DiTs (any prefix) and T5 / umT5 encoders.
+_DIT_KEYS = r"(^|\.)blocks\.\d+\.self_attn\.q\.weight$|(^|\.)patch_embedding\.weight$|(^|\.)head\.modulation$"
+_TEXT_ENCODER_KEYS = r"(^|\.)(token_embedding|shared)\.weight$|SelfAttention\.q\.weight$|blocks\.\d+\.attn\.q\.weight$"
 _EXPECTED = (
     "expected the Wan2.1 VAE (Wan2.1_VAE.pth, or ComfyUI's wan_2.1_vae.safetensors) "
     "or a TAEHV preview decoder (taew2_1)"
@@ -82,7 +85,8 @@ def wan_vae_from_state_dict(
     if _DIFFUSERS_MARKER in state_dict:
         state_dict = diffusers_to_original(state_dict)
     if _WAN_VAE_MARKER not in state_dict or _WAN22_VAE_MARKER in state_dict:
-        raise CheckpointError(source, f"this looks like {describe_weights(state_dict)}, not a Wan2.1 VAE; {_EXPECTED}")
+        raise CheckpointError(source, f"this looks like {describe_weights(state_dict)}, not a Wan2.1 VAE; "
+                                      f"{_EXPECTED}")
     config = config or infer_wan_vae_config(state_dict, source)
     return _build(WanVAE, config, state_dict, dtype, device, source)
 
@@ -100,7 +104,8 @@ def preview_decoder_from_state_dict(
     if "decoder.0.weight" in decoder_weights:
         raise CheckpointError(source, "a TAEHV 'super' decoder (e.g. taew2_2_super) is not supported; use taew2_1")
     if not _looks_like_taehv(decoder_weights):
-        raise CheckpointError(source, f"this looks like {describe_weights(state_dict)}, not a TAEHV decoder; {_EXPECTED}")
+        raise CheckpointError(source, f"this looks like {describe_weights(state_dict)}, not a TAEHV decoder; "
+                                      f"{_EXPECTED}")
     try:
         config = TAEHVDecoder.config_from_state_dict(decoder_weights)
     except KeyError as exc:
@@ -114,13 +119,16 @@ def preview_decoder_from_state_dict(
     return _build(TAEHVDecoder, config, decoder_weights, dtype, device, source)
 
 
-def infer_wan_vae_config(state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike = "<state dict>") -> WanVAEConfig:
+def infer_wan_vae_config(
+    state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike = "<state dict>"
+) -> WanVAEConfig:
     """dim, z_dim, dim_mult, num_res_blocks, attn_scales and temperal_downsample read off the encoder's shapes."""
     try:
         dim = state_dict["encoder.conv1.weight"].shape[0]
         z_dim = state_dict["conv2.weight"].shape[0]
     except KeyError as exc:
-        raise CheckpointError(source, f"Wan VAE weight {exc} is missing (decoder-only files are not supported)") from exc
+        raise CheckpointError(source, f"Wan VAE weight {exc} is missing (decoder-only files are not supported)") \
+            from exc
     widths, res_per_stage, temporal, attn_scales = [], [0], [], []
     width = dim
     prefix = "encoder.downsamples."
@@ -150,10 +158,8 @@ def infer_wan_vae_config(state_dict: Mapping[str, torch.Tensor], source: str | o
 
 def diffusers_to_original(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename diffusers `AutoencoderKLWan` (Wan2.1) keys to the original Wan layout (shapes are equal)."""
-    resnets_per_up_block = 1 + max(
-        (int(match.group(1)) for key in state_dict if (match := re.match(r"decoder\.up_blocks\.0\.resnets\.(\d+)\.", key))),
-        default=0,
-    )
+    first_block = (re.match(r"decoder\.up_blocks\.0\.resnets\.(\d+)\.", key) for key in state_dict)
+    resnets_per_up_block = 1 + max((int(match.group(1)) for match in first_block if match), default=0)
     return {_original_name(key, resnets_per_up_block): value for key, value in state_dict.items()}
 
 
@@ -163,9 +169,9 @@ def describe_weights(state_dict: Mapping[str, Any]) -> str:
     joined = "\n".join(keys)
     if any(key in state_dict for key in ("generator_ema", "generator", "critic")):
         return "a Self-Forcing training checkpoint (a DiT)"
-    if re.search(r"(^|\.)blocks\.\d+\.self_attn\.q\.weight$|(^|\.)patch_embedding\.weight$|(^|\.)head\.modulation$", joined, re.M):
+    if re.search(_DIT_KEYS, joined, re.M):
         return "a Wan DiT (diffusion transformer) checkpoint"
-    if re.search(r"(^|\.)(token_embedding|shared)\.weight$|SelfAttention\.q\.weight$|blocks\.\d+\.attn\.q\.weight$", joined, re.M):
+    if re.search(_TEXT_ENCODER_KEYS, joined, re.M):
         return "a T5 / umT5 text encoder"
     if _WAN22_VAE_MARKER in state_dict:
         return "a Wan2.2 VAE (48 latent channels)"
@@ -201,7 +207,8 @@ def _original_name(key: str, resnets_per_up_block: int) -> str:
     if match := re.match(r"decoder\.up_blocks\.(\d+)\.(resnets\.(\d+)|upsamplers\.0)\.(.+)$", key):
         block, _, resnet, rest = match.groups()
         offset = int(resnet) if resnet is not None else resnets_per_up_block
-        return f"decoder.upsamples.{int(block) * (resnets_per_up_block + 1) + offset}.{_DIFFUSERS_RESNET.get(rest, rest)}"
+        index = int(block) * (resnets_per_up_block + 1) + offset
+        return f"decoder.upsamples.{index}.{_DIFFUSERS_RESNET.get(rest, rest)}"
     return key
 
 
@@ -214,7 +221,8 @@ def _build(model_class, config, state_dict, dtype, device, source):
     try:
         model.load_state_dict(dequantize(tensors, dtype), strict=True, assign=True)
     except RuntimeError as exc:
-        raise CheckpointError(source, f"weights do not fit the {model_class.__name__} their shapes suggest: {exc}") from exc
+        raise CheckpointError(source, f"weights do not fit the {model_class.__name__} their shapes suggest: {exc}") \
+            from exc
     return model.to(device).eval().requires_grad_(False)
 
 

@@ -257,7 +257,8 @@ class Decoder3d(nn.Module):
         dims = [config.dim * mult for mult in (mults[-1], *reversed(mults))]
         temporal_upsample = tuple(reversed(config.temperal_downsample))
         self.conv1 = CausalConv3d(config.z_dim, dims[0], 3, padding=1)
-        self.middle = nn.ModuleList([ResidualBlock(dims[0], dims[0]), AttentionBlock(dims[0]), ResidualBlock(dims[0], dims[0])])
+        width = dims[0]
+        self.middle = nn.ModuleList([ResidualBlock(width, width), AttentionBlock(width), ResidualBlock(width, width)])
         blocks: list[nn.Module] = []
         scale = 1.0 / 2 ** (len(mults) - 2)
         for stage, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
@@ -357,14 +358,15 @@ class WanVAE(nn.Module):
             raise ValueError(f"expected a video [B, 3, T, H, W] (channels second), got shape {tuple(video.shape)}")
         frames, height, width = video.shape[2:]
         if frames < 1 or (frames - 1) % step:
-            raise ValueError(f"the encoder takes 1 + {step}k frames (1, {1 + step}, {1 + 2 * step}, ...), got {frames}")
+            raise ValueError(f"the encoder takes 1 + {step}k frames (1, {1 + step}, {1 + 2 * step}...), got {frames}")
         if height % factor or width % factor:
             raise ValueError(f"frame height and width must be multiples of {factor}, got {height}x{width}")
 
     def _check_latents(self, latents: torch.Tensor) -> None:
         z_dim = self.config.z_dim
         if latents.dim() != 5 or latents.shape[1] != z_dim:
-            hint = " (frame-major? use latents.permute(0, 2, 1, 3, 4))" if latents.dim() == 5 and latents.shape[2] == z_dim else ""
+            frame_major = latents.dim() == 5 and latents.shape[2] == z_dim
+            hint = " (frame-major? use latents.permute(0, 2, 1, 3, 4))" if frame_major else ""
             raise ValueError(f"expected latents [B, {z_dim}, T, h, w], got shape {tuple(latents.shape)}{hint}")
 
 

@@ -43,7 +43,8 @@ def test_frame_rule_matches_the_wan_vae():
     decoder = _random_decoder(SMALL, torch.float32)
     frames = decoder.decode(torch.randn(1, 16, 5, 4, 6))
     assert frames.shape == (1, 3, 17, 32, 48)
-    assert [decoder.frames_for_latents(n) for n in (1, 2, 5)] == [WanVAEConfig().frames_for_latents(n) for n in (1, 2, 5)]
+    wan = WanVAEConfig()
+    assert [decoder.frames_for_latents(n) for n in (1, 2, 5)] == [wan.frames_for_latents(n) for n in (1, 2, 5)]
 
 
 @pytest.mark.parametrize("split", [[1] * 8, [3, 3, 2], [7, 1]], ids=["1", "3", "7"])
@@ -96,7 +97,8 @@ def test_loading_infers_the_config_and_ignores_the_encoder(tmp_path, suffix):
 def test_wrong_files_given_as_preview_decoder(tmp_path):
     with torch.device("meta"):
         vae_keys = WanVAE(WanVAEConfig(dim=4)).state_dict()
-    save_file({key: torch.zeros(value.shape) for key, value in vae_keys.items()}, str(tmp_path / "wan_2.1_vae.safetensors"))
+    vae_weights = {key: torch.zeros(value.shape) for key, value in vae_keys.items()}
+    save_file(vae_weights, str(tmp_path / "wan_2.1_vae.safetensors"))
     with pytest.raises(CheckpointError, match="looks like a Wan2.1 VAE, not a TAEHV decoder"):
         load_preview_decoder(tmp_path / "wan_2.1_vae.safetensors")
     wan22 = TAEHVDecoder(TAEHVConfig(latent_channels=48, widths=(16, 8, 8, 8), patch_size=2))

@@ -55,6 +55,22 @@ def test_config_is_read_off_the_golden_shapes(golden_weights):
     assert (config.spatial_factor, config.temporal_factor) == (8, 4)
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        WanVAEConfig(dim=24),
+        WanVAEConfig(dim=4, dim_mult=(1, 2, 3), num_res_blocks=3, temperal_downsample=(True, False)),
+        WanVAEConfig(dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1, attn_scales=(1.0, 0.25)),
+    ],
+    ids=["lightvae-width", "3-stage", "attention"],
+)
+def test_config_inference_covers_other_shapes(config):
+    """Pruned (LightX2V's lightvaew2_1 is dim 24), shallower and attention-bearing VAEs are read off their shapes."""
+    with torch.device("meta"):
+        state_dict = WanVAE(config).state_dict()
+    assert infer_wan_vae_config(state_dict) == config
+
+
 @pytest.fixture(scope="module")
 def unseen_video(vae64) -> tuple[torch.Tensor, torch.Tensor]:
     """An unseen case on the golden weights: a fresh 8-frame latent video and its one-pass decode."""
@@ -70,6 +86,19 @@ def test_streaming_decode_equals_whole_decode(vae64, unseen_video, split):
     pieces = [stream.decode_chunk(chunk) for chunk in latents.split(split, dim=2)]
     assert [piece.shape[2] for piece in pieces] == [4 * n - (3 if i == 0 else 0) for i, n in enumerate(split)]
     assert (torch.cat(pieces, dim=2) - whole).abs().max().item() < 1e-12
+
+
+def test_attention_stages_stream_too():
+    """attn_scales (unused by Wan2.1, and beyond the reference code) still give chunked == whole."""
+    torch.manual_seed(3)
+    vae = WanVAE(WanVAEConfig(dim=4, dim_mult=(1, 2, 2), num_res_blocks=1, attn_scales=(1.0, 0.5),
+                              temperal_downsample=(True, True))).double().eval()
+    latents = torch.randn(2, 16, 4, 2, 3, dtype=torch.float64)
+    stream = StreamingDecoder(vae)
+    streamed = torch.cat([stream.decode_chunk(chunk) for chunk in latents.split([1, 3], dim=2)], dim=2)
+    assert streamed.shape == (2, 3, 13, 8, 12)
+    assert (streamed - vae.decode(latents, chunk_frames=4)).abs().max().item() < 1e-12
+    assert vae.encode(streamed.clamp(-1, 1)).shape == latents.shape
 
 
 def test_stream_reset_starts_a_new_video(vae64, golden):
@@ -127,6 +156,7 @@ def test_loads_original_and_comfyui_files_in_any_precision(tmp_path, golden, gol
     tolerance = {torch.float32: 1e-4, torch.float16: 0.05, torch.bfloat16: 0.3}[dtype]
     for name in ("Wan2.1_VAE.pth", "wan_2.1_vae.safetensors"):
         vae = load_wan_vae(tmp_path / name)
+        assert isinstance(load_video_decoder(tmp_path / name), WanVAE)
         assert vae.dtype == dtype and vae.config == infer_wan_vae_config(golden_weights)
         frames = vae.decode(golden["latent"][:, :, :1])
         assert frames.dtype == dtype and torch.isfinite(frames).all()
@@ -192,10 +222,12 @@ def test_dit_file_given_as_vae_is_refused(tmp_path):
 
 
 def test_self_forcing_checkpoint_and_text_encoder_given_as_vae_are_refused(tmp_path):
-    torch.save({"generator_ema": {"model." + key: value for key, value in _fake_dit().items()}}, tmp_path / "self_forcing_dmd.pt")
+    generator = {"model." + key: value for key, value in _fake_dit().items()}
+    torch.save({"generator_ema": generator}, tmp_path / "self_forcing_dmd.pt")
     with pytest.raises(CheckpointError, match="Self-Forcing"):
         load_wan_vae(tmp_path / "self_forcing_dmd.pt")
-    save_file({"token_embedding.weight": torch.zeros(4, 2), "blocks.0.attn.q.weight": torch.zeros(2, 2)}, str(tmp_path / "umt5.safetensors"))
+    umt5 = {"token_embedding.weight": torch.zeros(4, 2), "blocks.0.attn.q.weight": torch.zeros(2, 2)}
+    save_file(umt5, str(tmp_path / "umt5.safetensors"))
     with pytest.raises(CheckpointError, match="text encoder"):
         load_wan_vae(tmp_path / "umt5.safetensors")
 
@@ -209,8 +241,9 @@ def _diffusers_name(key: str) -> str:
     resnet = {"residual.0.gamma": "norm1.gamma", "residual.2.weight": "conv1.weight", "residual.2.bias": "conv1.bias",
               "residual.3.gamma": "norm2.gamma", "residual.6.weight": "conv2.weight", "residual.6.bias": "conv2.bias",
               "shortcut.weight": "conv_shortcut.weight", "shortcut.bias": "conv_shortcut.bias"}
-    fixed = {"encoder.conv1.": "encoder.conv_in.", "decoder.conv1.": "decoder.conv_in.", "encoder.head.0.": "encoder.norm_out.",
-             "encoder.head.2.": "encoder.conv_out.", "decoder.head.0.": "decoder.norm_out.", "decoder.head.2.": "decoder.conv_out.",
+    fixed = {"encoder.conv1.": "encoder.conv_in.", "decoder.conv1.": "decoder.conv_in.",
+             "encoder.head.0.": "encoder.norm_out.", "encoder.head.2.": "encoder.conv_out.",
+             "decoder.head.0.": "decoder.norm_out.", "decoder.head.2.": "decoder.conv_out.",
              "conv1.": "quant_conv.", "conv2.": "post_quant_conv."}
     for old, new in fixed.items():
         if key.startswith(old):
