@@ -33,6 +33,7 @@ class LoadedTransformer:
     family: Family
     settings: CausalSettings
     path: str
+    metadata: dict[str, str]
 
 
 def classify(state_dict: Mapping[str, Any]) -> str:
@@ -160,7 +161,7 @@ def load_transformer(
     settings = family.settings
     if "causal_settings" in metadata:
         settings = CausalSettings(**_settings_from_json(metadata["causal_settings"]))
-    return LoadedTransformer(model, config, family, settings, path)
+    return LoadedTransformer(model, config, family, settings, path, metadata)
 
 
 def _settings_from_json(text: str) -> dict[str, Any]:
@@ -171,15 +172,23 @@ def _settings_from_json(text: str) -> dict[str, Any]:
 
 
 def save_transformer(
-    model: CausalWanModel, path: str, settings: CausalSettings | None = None, family: str | None = None
+    model: CausalWanModel,
+    path: str,
+    settings: CausalSettings | None = None,
+    family: str | None = None,
+    extra_metadata: Mapping[str, str] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> None:
-    """Write a transformer as safetensors with its config (and causal settings) in the metadata."""
+    """Write a transformer as safetensors with its config (and causal settings) in the metadata.
+
+    `extra_metadata` holds free-form strings, e.g. "resolution": "128x128" for the native size.
+    """
     from safetensors.torch import save_file
 
-    metadata = {"config": json.dumps(model.config.to_dict())}
+    metadata = {**(extra_metadata or {}), "config": json.dumps(model.config.to_dict())}
     if settings is not None:
         metadata["causal_settings"] = json.dumps(asdict(settings))
     if family:
         metadata["family"] = family
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(tensors, path, metadata=metadata)

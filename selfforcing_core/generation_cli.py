@@ -1,0 +1,103 @@
+"""`python -m selfforcing_core generate`: stream a video to disk chunk by chunk from the command line.
+
+Defaults to the bundled model in `models/` (no downloads); any supported transformer, VAE and text
+encoder file can be given instead.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from .checkpoint import load_transformer
+from .keyframes import encode_keyframe
+from .pipeline import GenerationRequest, PromptSegment, VideoPipeline
+from .text_encoder_loading import load_text_encoder
+from .vae_loading import load_video_decoder, load_wan_vae
+from .video_export import VideoWriter
+from .video_geometry import FPS, seconds_to_frames
+
+MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+DEFAULT_MODEL = os.path.join(MODELS_DIR, "world_causal.safetensors")
+DEFAULT_VAE = os.path.join(MODELS_DIR, "world_vae.safetensors")
+DEFAULT_TEXT_ENCODER = os.path.join(MODELS_DIR, "world_text_encoder.safetensors")
+DEFAULT_PROMPT = "a red circle moves right across a blue background"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `generate` command's options."""
+    parser.add_argument("--prompt", action="append", help="prompt; repeat with --switch-at for a schedule")
+    parser.add_argument("--switch-at", type=float, action="append", default=[],
+                        help="second at which the next --prompt takes over (one per extra prompt)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="causal transformer file")
+    parser.add_argument("--vae", default=DEFAULT_VAE, help="Wan VAE or TAEHV preview decoder file")
+    parser.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER, help="umT5 text encoder file")
+    parser.add_argument("--seconds", type=float, default=5.0, help="video length at 16 fps")
+    parser.add_argument("--width", type=int, help="frame width (multiple of 16); default: the model's own")
+    parser.add_argument("--height", type=int, help="frame height (multiple of 16); default: the model's own")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", help="comma-separated denoising steps, e.g. 1000,750,500,250")
+    parser.add_argument("--start-image", help="image the video starts from")
+    parser.add_argument("--end-image", help="image the video should end on")
+    parser.add_argument("--end-strength", type=float, default=0.5, help="pull towards the end image (0..1)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="default: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (GPU)")
+    parser.add_argument("--out", default="out/video.mp4", help="output .mp4 or .webm")
+
+
+def _read_image(path: str) -> torch.Tensor:
+    import imageio.v3 as iio
+
+    return torch.from_numpy(iio.imread(path))
+
+
+def _model_size(metadata: dict[str, str]) -> tuple[int, int]:
+    width, height = metadata.get("resolution", "832x480").split("x")
+    return int(width), int(height)
+
+
+def run(args: argparse.Namespace) -> str:
+    """Generate the video described by `args`, writing each chunk as it finishes; returns the path."""
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    loaded = load_transformer(args.model, dtype=dtype, device=device)
+    if args.compile:
+        loaded.model.compile_blocks()
+    width, height = _model_size(loaded.metadata)
+    width, height = args.width or width, args.height or height
+    text_encoder = load_text_encoder(args.text_encoder, dtype=dtype, device=device, text_len=loaded.config.text_len)
+    decoder = load_video_decoder(args.vae, dtype=dtype, device=device)
+
+    prompts = args.prompt or [DEFAULT_PROMPT]
+    if len(args.switch_at) != len(prompts) - 1:
+        raise SystemExit(f"{len(prompts)} prompts need {len(prompts) - 1} --switch-at seconds, got {len(args.switch_at)}")
+    starts = [0.0] + list(args.switch_at)
+    segments = [PromptSegment(text_encoder(p).embeddings, seconds_to_frames(s) if s else 0)
+                for p, s in zip(prompts, starts)]
+    start = end = None
+    if args.start_image or args.end_image:
+        vae = load_wan_vae(args.vae, dtype=dtype, device=device)
+        start = encode_keyframe(vae, _read_image(args.start_image), width, height) if args.start_image else None
+        end = encode_keyframe(vae, _read_image(args.end_image), width, height) if args.end_image else None
+    steps = tuple(int(s) for s in args.steps.split(",")) if args.steps else None
+    request = GenerationRequest(segments, width, height, seconds_to_frames(args.seconds), seed=args.seed,
+                                steps=steps, start_latent=start, end_latent=end, end_strength=args.end_strength)
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    pipeline = VideoPipeline(loaded.model, loaded.settings, decoder)
+    began, first, frames = time.perf_counter(), None, 0
+    with VideoWriter(args.out, fps=FPS) as writer:
+        for chunk in pipeline.stream(request):
+            first = first if first is not None else time.perf_counter() - began
+            writer.write(chunk.frames[0])
+            frames += chunk.frames.shape[1]
+            print(f"chunk {chunk.index + 1}/{chunk.num_chunks}: frames {chunk.start_frame}-{chunk.end_frame} "
+                  f"(model {chunk.model_seconds:.2f}s, decode {chunk.decode_seconds:.2f}s)", flush=True)
+    total = time.perf_counter() - began
+    print(f"wrote {args.out}: {frames} frames {width}x{height} in {total:.2f}s = {frames / total:.1f} fps "
+          f"(real time is {FPS}), first frames after {first:.2f}s")
+    return args.out

@@ -1,0 +1,70 @@
+"""The `generate` command streams a playable video from model files, with keyframes and schedules."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from selfforcing_core.checkpoint import save_transformer
+from selfforcing_core.config import CausalSettings, WanConfig
+from selfforcing_core.generation_cli import add_arguments, run
+from selfforcing_core.text_encoder import UMT5Config, UMT5Encoder
+from selfforcing_core.video_export import read_video
+from selfforcing_core.wan_vae import WanVAE, WanVAEConfig
+
+from tiny_models import tiny_model
+
+TEXT_DIM = 32
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    config = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=TEXT_DIM, text_len=16, freq_dim=16)
+    save_transformer(tiny_model(config).float(), str(folder / "dit.safetensors"),
+                     CausalSettings(chunk_frames=3, denoising_steps=(1000, 500)),
+                     extra_metadata={"resolution": "32x48"})
+    vae = WanVAE(WanVAEConfig(dim=8))
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(folder / "vae.safetensors"))
+    text = UMT5Encoder(UMT5Config(vocab=259, dim=TEXT_DIM, dim_attn=TEXT_DIM, dim_ffn=64, num_heads=2, num_layers=1))
+    save_file({k: v.contiguous() for k, v in text.state_dict().items()}, str(folder / "text.safetensors"))
+    return folder
+
+
+def _args(folder, tmp_path, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args([
+        "--model", str(folder / "dit.safetensors"), "--vae", str(folder / "vae.safetensors"),
+        "--text-encoder", str(folder / "text.safetensors"), "--seconds", "1", "--out", str(tmp_path / "v.mp4"),
+        *extra,
+    ])
+
+
+def test_generate_writes_the_video_at_the_models_native_size(model_files, tmp_path, capsys):
+    path = run(_args(model_files, tmp_path, "--prompt", "a red circle"))
+    info = read_video(path)
+    assert info.frame_count == 17 and (info.width, info.height) == (32, 48)
+    out = capsys.readouterr().out
+    assert "chunk 1/2" in out and "wrote" in out and "first frames after" in out
+
+
+def test_generate_with_keyframes_and_a_prompt_schedule(model_files, tmp_path):
+    import imageio.v3 as iio
+
+    image = np.zeros((60, 40, 3), dtype=np.uint8)
+    image[..., 0] = 255
+    iio.imwrite(tmp_path / "start.png", image)
+    path = run(_args(model_files, tmp_path, "--start-image", str(tmp_path / "start.png"),
+                     "--end-image", str(tmp_path / "start.png"), "--prompt", "one", "--prompt", "two",
+                     "--switch-at", "0.5", "--width", "32", "--height", "32"))
+    assert read_video(path).frame_count == 17
+
+
+def test_a_schedule_needs_one_switch_time_per_extra_prompt(model_files, tmp_path):
+    with pytest.raises(SystemExit, match="2 prompts need 1 --switch-at"):
+        run(_args(model_files, tmp_path, "--prompt", "one", "--prompt", "two"))
