@@ -123,10 +123,16 @@ class KVCache:
     def write(
         self, layer: int, start_frame: int, keys: torch.Tensor, values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store a chunk's K/V [B, heads, F*tokens, d] and return the K/V it may attend to."""
+        """Store a chunk's K/V [B, heads, F*tokens, d] and return the K/V it may attend to.
+
+        The buffers always hold detached values. When the chunk's K/V carry gradients (a training
+        rollout's exit step), the returned K/V are a fresh copy with the chunk's grad-carrying
+        tokens spliced in, so later in-place cache writes never touch what autograd saved.
+        """
         layout = self.layout
         tokens = layout.frame_tokens
         num_frames = keys.shape[2] // tokens
+        destinations = []
         frame = start_frame
         while frame < start_frame + num_frames:
             slot = layout.slot(frame)
@@ -135,8 +141,9 @@ class KVCache:
                 run = min(run, layout.sink_frames - frame)
             src = slice((frame - start_frame) * tokens, (frame - start_frame + run) * tokens)
             dst = slice(slot * tokens, (slot + run) * tokens)
-            self.keys[layer, :, :, dst] = keys[:, :, src]
-            self.values[layer, :, :, dst] = values[:, :, src]
+            self.keys[layer, :, :, dst] = keys[:, :, src].detach()
+            self.values[layer, :, :, dst] = values[:, :, src].detach()
+            destinations.append(torch.arange(dst.start, dst.stop))
             if layer == 0:
                 self.frame_of_slot[slot : slot + run] = torch.arange(frame, frame + run)
             frame += run
@@ -144,7 +151,11 @@ class KVCache:
         if layer == self.keys.shape[0] - 1:
             self.end_frame = max(self.end_frame, end)
         visible = layout.filled(end) * tokens
-        return self.keys[layer, :, :, :visible], self.values[layer, :, :, :visible]
+        cached_k, cached_v = self.keys[layer, :, :, :visible], self.values[layer, :, :, :visible]
+        if torch.is_grad_enabled() and (keys.requires_grad or values.requires_grad):
+            index = torch.cat(destinations).to(keys.device)
+            return cached_k.index_copy(2, index, keys), cached_v.index_copy(2, index, values)
+        return cached_k, cached_v
 
     def cached_frames(self) -> list[int]:
         """Frame indices currently held, in slot order."""

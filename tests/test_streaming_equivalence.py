@@ -62,3 +62,29 @@ def test_window_changes_the_result(model):
     full, _ = _stream(model, x, t, context, [3, 3, 3])
     torch.testing.assert_close(windowed[:, :, :3], full[:, :, :3], rtol=0, atol=1e-12)
     assert (windowed[:, :, 6:] - full[:, :, 6:]).abs().max() > 1e-3
+
+
+def test_gradients_through_a_streaming_step_equal_the_whole_sequence_ones(model):
+    """A training rollout's exit step: grads reach the chunk's input through its own K/V, and a later
+    (detached) cache write does not break the saved graph."""
+    torch.manual_seed(3)
+    x = torch.randn(1, TINY.in_dim, 6, 4, 4, dtype=torch.float64)
+    t = torch.full((1, 6), 400.0, dtype=torch.float64)
+    context = torch.randn(1, 5, TINY.text_dim, dtype=torch.float64)
+    mask = block_causal_mask([3, 3], model.frame_tokens(4, 4))
+
+    chunk = x[:, :, 3:].clone().requires_grad_(True)
+    cache = model.new_cache(1, 4, 4, max_frames=6)
+    with torch.no_grad():
+        model(x[:, :, :3], t[:, :3], context, cache=cache, start_frame=0)
+    streamed = model(chunk, t[:, 3:], context, cache=cache, start_frame=3)
+    with torch.no_grad():
+        model(x[:, :, 3:], t[:, 3:] * 0, context, cache=cache, start_frame=3)
+    streamed.square().sum().backward()
+
+    whole_input = x.clone().requires_grad_(True)
+    whole = model(whole_input, t, context, attn_mask=mask)[:, :, 3:]
+    whole.square().sum().backward()
+    torch.testing.assert_close(streamed, whole.detach(), rtol=0, atol=1e-11)
+    torch.testing.assert_close(chunk.grad, whole_input.grad[:, :, 3:], rtol=0, atol=1e-10)
+    assert whole_input.grad[:, :, :3].abs().sum() > 0 and chunk.grad.abs().sum() > 0
