@@ -54,7 +54,9 @@ class CausalSettings:
     """How a causal checkpoint generates: frames per chunk, attention window and sink, step list.
 
     `local_window` and `sink_frames` are in latent frames; `local_window=None` means global
-    attention over everything generated so far.
+    attention over everything generated so far. `rebase_sink` keeps the sink just before the window
+    (a trained distance) on long videos; the reference keeps it at its first positions.
+    `recache_on_prompt_change` re-encodes the cached frames under a new prompt (smooth switch).
     """
 
     chunk_frames: int = 3
@@ -64,6 +66,8 @@ class CausalSettings:
     timestep_shift: float = 5.0
     warp_steps: bool = True
     context_noise: int = 0
+    rebase_sink: bool = False
+    recache_on_prompt_change: bool = True
 
     def __post_init__(self) -> None:
         if self.chunk_frames < 1:

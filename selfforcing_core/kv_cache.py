@@ -7,8 +7,13 @@ and the visible keys are always the contiguous prefix `[0, filled)` of the buffe
 gathers and no reallocation, however long the video. Without a window the ring is as long as the
 video and never wraps.
 
-Keys are stored rotated by their absolute frame position; `frame_of_slot` records it so a later
-re-basing of positions knows what each slot holds.
+Keys are stored rotated by their absolute frame position (`frame_of_slot` records it). Two things
+keep an unbounded video inside the distances a model was trained on:
+- `rebase_sink`: once the window has rolled past them, the sink frames are re-rotated (from their
+  unrotated keys, so no error accumulates) to sit just before the window, at a trained distance
+  from every query instead of ever further away;
+- `cut()`: a hard scene change forgets the window (optionally the sink too) and maps the next frame
+  to the start of an empty ring.
 """
 from __future__ import annotations
 
@@ -55,6 +60,7 @@ class KVCache:
         sink_frames: int = 0,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        rebase_sink: bool = False,
     ):
         if local_window is None and max_frames is None:
             raise ValueError("a KV cache needs max_frames (global attention) or a local_window")
@@ -70,6 +76,10 @@ class KVCache:
         self.cross_keys: list[torch.Tensor | None] = [None] * num_layers
         self.cross_values: list[torch.Tensor | None] = [None] * num_layers
         self.end_frame = 0
+        self.segment_offset = 0  # absolute frame f lives at local frame f - segment_offset
+        sink_tokens = self.layout.sink_frames * frame_tokens
+        self.sink_raw_keys = self.keys[:, :, :, :sink_tokens].clone() if rebase_sink and sink_tokens else None
+        self.sink_position: int | None = None
 
     @property
     def batch_size(self) -> int:
@@ -88,6 +98,34 @@ class KVCache:
         self.frame_of_slot.fill_(-1)
         self.clear_prompt()
         self.end_frame = 0
+        self.segment_offset = 0
+        self.sink_position = None
+
+    def cut(self, start_frame: int, keep_sink: bool = True) -> None:
+        """Hard scene change at `start_frame`: forget the window, and the sink unless `keep_sink`."""
+        sink = self.layout.sink_frames
+        keep = keep_sink and sink > 0 and self.end_frame - self.segment_offset >= sink
+        self.segment_offset = start_frame - (sink if keep else 0)
+        self.frame_of_slot[sink if keep else 0:] = -1
+        if not keep:
+            self.sink_position = None
+        self.end_frame = start_frame
+
+    def sink_target(self, end_frame: int) -> int | None:
+        """First frame position the sink should take for a chunk ending at `end_frame`, if it moved.
+
+        None when sink re-basing is off, the window has not rolled past the sink yet, or the sink
+        already sits there.
+        """
+        layout = self.layout
+        if self.sink_raw_keys is None or end_frame - self.segment_offset <= layout.capacity:
+            return None
+        target = end_frame - layout.ring_frames - layout.sink_frames
+        return None if target == self.sink_position else target
+
+    def install_sink(self, layer: int, rotated_keys: torch.Tensor) -> None:
+        """Replace the sink's keys with `rotated_keys` (the raw sink keys rotated to new positions)."""
+        self.keys[layer, :, :, : rotated_keys.shape[2]] = rotated_keys
 
     def clear_prompt(self) -> None:
         """Invalidate the cross-attention K/V (the prompt changed)."""
@@ -110,7 +148,7 @@ class KVCache:
     def check_write(self, start_frame: int, num_frames: int) -> None:
         """Refuse writes that would break the layout (past a global cache's end, or a chunk > window)."""
         layout = self.layout
-        if layout.local_window is None and start_frame + num_frames > layout.capacity:
+        if layout.local_window is None and start_frame + num_frames - self.segment_offset > layout.capacity:
             raise ValueError(
                 f"frames {start_frame}..{start_frame + num_frames} do not fit a global KV cache of "
                 f"{layout.capacity} frames; allocate more frames or use a local attention window"
@@ -121,7 +159,8 @@ class KVCache:
             raise ValueError(f"frame {start_frame} leaves a gap after cached frame {self.end_frame}")
 
     def write(
-        self, layer: int, start_frame: int, keys: torch.Tensor, values: torch.Tensor
+        self, layer: int, start_frame: int, keys: torch.Tensor, values: torch.Tensor,
+        raw_keys: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store a chunk's K/V [B, heads, F*tokens, d] and return the K/V it may attend to.
 
@@ -132,25 +171,31 @@ class KVCache:
         layout = self.layout
         tokens = layout.frame_tokens
         num_frames = keys.shape[2] // tokens
+        local_start = start_frame - self.segment_offset
         destinations = []
-        frame = start_frame
-        while frame < start_frame + num_frames:
+        frame = local_start
+        while frame < local_start + num_frames:
             slot = layout.slot(frame)
-            run = min(start_frame + num_frames - frame, layout.capacity - slot)
+            run = min(local_start + num_frames - frame, layout.capacity - slot)
             if frame < layout.sink_frames:
                 run = min(run, layout.sink_frames - frame)
-            src = slice((frame - start_frame) * tokens, (frame - start_frame + run) * tokens)
+            src = slice((frame - local_start) * tokens, (frame - local_start + run) * tokens)
             dst = slice(slot * tokens, (slot + run) * tokens)
             self.keys[layer, :, :, dst] = keys[:, :, src].detach()
             self.values[layer, :, :, dst] = values[:, :, src].detach()
+            if frame < layout.sink_frames:
+                self.sink_position = None  # the sink holds its natural positions again
+                if raw_keys is not None and self.sink_raw_keys is not None:
+                    self.sink_raw_keys[layer, :, :, dst] = raw_keys[:, :, src].detach()
             destinations.append(torch.arange(dst.start, dst.stop))
             if layer == 0:
-                self.frame_of_slot[slot : slot + run] = torch.arange(frame, frame + run)
+                absolute = frame + self.segment_offset
+                self.frame_of_slot[slot : slot + run] = torch.arange(absolute, absolute + run)
             frame += run
         end = start_frame + num_frames
         if layer == self.keys.shape[0] - 1:
             self.end_frame = max(self.end_frame, end)
-        visible = layout.filled(end) * tokens
+        visible = layout.filled(end - self.segment_offset) * tokens
         cached_k, cached_v = self.keys[layer, :, :, :visible], self.values[layer, :, :, :visible]
         if torch.is_grad_enabled() and (keys.requires_grad or values.requires_grad):
             index = torch.cat(destinations).to(keys.device)
@@ -163,6 +208,6 @@ class KVCache:
 
     def memory_bytes(self) -> int:
         """Bytes held by the self- and cross-attention buffers."""
-        tensors = [self.keys, self.values]
+        tensors = [self.keys, self.values] + ([self.sink_raw_keys] if self.sink_raw_keys is not None else [])
         tensors += [t for t in self.cross_keys + self.cross_values if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)

@@ -24,10 +24,15 @@ from .video_geometry import SPATIAL_FACTOR, check_size, latent_frame_of, latent_
 
 @dataclass
 class PromptSegment:
-    """Text embeddings [1 or B, L, text_dim] that apply from video frame `start_frame` on."""
+    """Text embeddings [1 or B, L, text_dim] that apply from video frame `start_frame` on.
+
+    A segment with `cut` starts a new scene (the cache forgets the window; the sink is kept);
+    otherwise the switch is smooth (cached frames are re-encoded under the new prompt).
+    """
 
     embeddings: torch.Tensor
     start_frame: int = 0
+    cut: bool = False
 
 
 @dataclass
@@ -115,7 +120,8 @@ class VideoPipeline:
         settings = self.settings if request.steps is None else self.settings.with_(denoising_steps=tuple(request.steps))
         plan = plan_chunks(total - prefix_frames, settings, start_frame=prefix_frames,
                            first_chunk_steps=request.first_chunk_steps,
-                           prompt_starts=[latent_frame_of(s.start_frame) for s in segments[1:]])
+                           prompt_starts=[latent_frame_of(s.start_frame) for s in segments[1:]],
+                           prompt_cuts=[s.cut for s in segments[1:]])
         adjust = None
         if request.end_latent is not None:
             end = _batched(request.end_latent, batch, "end keyframe latent")

@@ -28,6 +28,7 @@ class ChunkPlan:
     num_frames: int
     steps: tuple[int, ...]
     prompt: int = 0
+    cut: bool = False
 
 
 @dataclass
@@ -56,12 +57,14 @@ def plan_chunks(
     first_chunk_frames: int | None = None,
     first_chunk_steps: Sequence[int] | None = None,
     prompt_starts: Sequence[int] = (),
+    prompt_cuts: Sequence[bool] = (),
 ) -> list[ChunkPlan]:
     """Split `num_frames` latent frames into chunks with their step lists and prompt indices.
 
     `first_chunk_frames`/`first_chunk_steps` serve models whose first chunk differs (a single
     first frame, or more steps for it). `prompt_starts[i]` is the latent frame from which prompt
-    i + 1 applies; a chunk takes the last prompt started at or before its first frame.
+    i + 1 applies; a chunk takes the last prompt started at or before its first frame. Where
+    `prompt_cuts[i]` is true, prompt i + 1 starts with a hard cut (the cache forgets the scene).
     """
     if num_frames < 1:
         raise ValueError(f"a video needs at least one latent frame, got {num_frames}")
@@ -75,9 +78,41 @@ def plan_chunks(
         steps = tuple(first_chunk_steps) if first and first_chunk_steps else tuple(settings.denoising_steps)
         size = min(size, end - frame)
         prompt = sum(1 for s in prompt_starts if s <= frame)
-        plan.append(ChunkPlan(len(plan), frame, size, steps, prompt))
+        cut = bool(plan) and prompt != plan[-1].prompt and prompt > 0 and prompt - 1 < len(prompt_cuts) \
+            and bool(prompt_cuts[prompt - 1])
+        plan.append(ChunkPlan(len(plan), frame, size, steps, prompt, cut))
         frame += size
     return plan
+
+
+def _runs(frames: list[int]) -> list[list[int]]:
+    """Consecutive runs of sorted frame indices: [0, 1, 5, 6] -> [[0, 1], [5, 6]]."""
+    runs: list[list[int]] = []
+    for frame in frames:
+        if runs and frame == runs[-1][-1] + 1:
+            runs[-1].append(frame)
+        else:
+            runs.append([frame])
+    return runs
+
+
+class CleanFrames:
+    """The clean latents of the frames still in the KV cache, kept for re-encoding on a prompt change."""
+
+    def __init__(self) -> None:
+        self.frames: dict[int, torch.Tensor] = {}
+
+    def add(self, start: int, latents: torch.Tensor, cached: list[int]) -> None:
+        for offset in range(latents.shape[2]):
+            self.frames[start + offset] = latents[:, :, offset : offset + 1]
+        self.keep_only(cached)
+
+    def keep_only(self, cached: list[int]) -> None:
+        held = set(cached)
+        self.frames = {f: x for f, x in self.frames.items() if f in held}
+
+    def latents(self, start: int, stop: int) -> torch.Tensor:
+        return torch.cat([self.frames[f] for f in range(start, stop)], dim=2)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -113,12 +148,14 @@ class StreamingSampler:
             and cache.layout.local_window == s.local_window
             and cache.layout.sink_frames == (s.sink_frames if s.local_window is not None else 0)
             and (s.local_window is not None or cache.layout.capacity >= total_frames)
+            and (cache.sink_raw_keys is not None) == (s.rebase_sink and cache.layout.sink_frames > 0)
             and cache.dtype == self.model.dtype
             and cache.device == self.model.device
         )
         if not fits:
             self.cache = None
-            cache = self.model.new_cache(batch, height, width, max_frames, s.local_window, s.sink_frames)
+            cache = self.model.new_cache(batch, height, width, max_frames, s.local_window, s.sink_frames,
+                                         s.rebase_sink)
             self.cache = cache
         cache.reset()
         return cache
@@ -155,24 +192,49 @@ class StreamingSampler:
         cache = self._cache_for(batch, height, width, total)
         device = self.model.device
         active_prompt = -1
+        clean = CleanFrames()
 
-        def use_prompt(index: int) -> None:
+        def use_prompt(chunk: ChunkPlan) -> None:
             nonlocal active_prompt
-            if index != active_prompt:
+            if chunk.cut:
+                cache.cut(chunk.start_frame, keep_sink=True)
+                clean.keep_only(cache.cached_frames())
+            if chunk.prompt != active_prompt:
                 cache.clear_prompt()
-                self.model.set_prompt(cache, contexts[index].to(device))
-                active_prompt = index
+                self.model.set_prompt(cache, contexts[chunk.prompt].to(device))
+                if active_prompt >= 0 and not chunk.cut and self.settings.recache_on_prompt_change:
+                    self._recache(cache, clean, interrupt)
+                active_prompt = chunk.prompt
 
         with torch.no_grad():
             if prefix is not None:
-                use_prompt(plan[0].prompt if plan else 0)
-                yield from self._write_prefix(prefix.to(device, self.latent_dtype), cache, interrupt)
+                use_prompt(plan[0] if plan else ChunkPlan(0, 0, 0, ()))
+                for result in self._write_prefix(prefix.to(device, self.latent_dtype), cache, interrupt):
+                    clean.add(result.start_frame, result.latents, cache.cached_frames())
+                    yield result
             for chunk in plan:
-                use_prompt(chunk.prompt)
+                use_prompt(chunk)
                 shape = (batch, channels, chunk.num_frames, height, width)
                 result = self._denoise_chunk(chunk, noise, shape, cache, interrupt, adjust_x0)
                 yield result
                 self._context_pass(result.latents, chunk.start_frame, cache, interrupt)
+                clean.add(chunk.start_frame, result.latents, cache.cached_frames())
+
+    def _recache(self, cache: KVCache, clean: "CleanFrames", interrupt: Callable[[], None] | None) -> None:
+        """Re-encode the cached frames under the new prompt (LongLive-style KV re-cache).
+
+        While the window has not wrapped, frames are rewritten chunk by chunk (block-causal, as first
+        written); once it has, the sink and then the whole window are rewritten in one pass each.
+        """
+        frames = sorted(cache.cached_frames())
+        if not frames:
+            return
+        wrapped = cache.end_frame - cache.segment_offset > cache.layout.capacity
+        step = cache.layout.ring_frames if wrapped else self.settings.chunk_frames
+        for run in _runs(frames):
+            for start in range(run[0], run[-1] + 1, step):
+                stop = min(start + step, run[-1] + 1)
+                self._context_pass(clean.latents(start, stop), start, cache, interrupt)
 
     def _write_prefix(
         self, prefix: torch.Tensor, cache: KVCache, interrupt: Callable[[], None] | None

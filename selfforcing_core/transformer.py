@@ -81,9 +81,10 @@ class SelfAttention(_Projections):
     """Self-attention projections with 3D RoPE; the attention itself runs in `DiTBlock` (KV cache)."""
 
     def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Rotated q and k, v, and k before rotation (kept for sink frames that get new positions)."""
         q = apply_rope(self.heads(self.norm_q(self.q(x))), cos, sin)
-        k = apply_rope(self.heads(self.norm_k(self.k(x))), cos, sin)
-        return q, k, self.heads(self.v(x))
+        raw_k = self.heads(self.norm_k(self.k(x)))
+        return q, apply_rope(raw_k, cos, sin), self.heads(self.v(x)), raw_k
 
 
 class CrossAttention(_Projections):
@@ -163,9 +164,9 @@ class DiTBlock(nn.Module):
     ) -> torch.Tensor:
         inputs_fn, finish_fn = self._compiled or (self._attention_inputs, self._finish)
         mod = self.modulation.unsqueeze(1) + e
-        q, k, v = inputs_fn(x, mod, ctx.cos, ctx.sin)
+        q, k, v, raw_k = inputs_fn(x, mod, ctx.cos, ctx.sin)
         if ctx.cache is not None:
-            k, v = ctx.cache.write(layer, ctx.start_frame, k, v)
+            k, v = ctx.cache.write(layer, ctx.start_frame, k, v, raw_k)
         attended = attend(q, k, v, ctx.mask, ctx.backend)
         return finish_fn(x, attended, mod, text_kv[0], text_kv[1], ctx.backend)
 
@@ -234,14 +235,27 @@ class CausalWanModel(nn.Module):
         max_frames: int | None = None,
         local_window: int | None = None,
         sink_frames: int = 0,
+        rebase_sink: bool = False,
     ) -> KVCache:
         """A KV cache sized for this model, latent size and attention window."""
         cfg = self.config
         return KVCache(
             cfg.num_layers, batch_size, cfg.num_heads, cfg.head_dim,
             self.frame_tokens(latent_height, latent_width), max_frames, local_window, sink_frames,
-            self.dtype, self.device,
+            self.dtype, self.device, rebase_sink,
         )
+
+    def _rebase_sink(self, cache: KVCache, end_frame: int, h: int, w: int) -> None:
+        """Rotate the sink's raw keys to sit just before the window (see `KVCache.sink_target`)."""
+        target = cache.sink_target(end_frame)
+        if target is None:
+            return
+        sink = cache.layout.sink_frames
+        positions = torch.arange(target, target + sink, device=self.device)
+        cos, sin = rope_cos_sin(positions, h, w, self.config.head_dim, _work_dtype(self.dtype))
+        for layer in range(self.config.num_layers):
+            cache.install_sink(layer, apply_rope(cache.sink_raw_keys[layer], cos, sin))
+        cache.sink_position = target
 
     def embed_text(self, context: torch.Tensor) -> torch.Tensor:
         """Pad text embeddings [B, L, text_dim] with zeros to text_len and project them."""
@@ -299,6 +313,7 @@ class CausalWanModel(nn.Module):
                     raise ValueError("the KV cache holds no prompt; pass `context`")
                 self.set_prompt(cache, context)
             cache.check_write(start_frame, frames)
+            self._rebase_sink(cache, start_frame + frames, h, w)
         else:
             if context is None:
                 raise ValueError("`context` (text embeddings) is required without a KV cache")
