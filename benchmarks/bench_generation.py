@@ -13,7 +13,7 @@ plus 2*q*d*(6*d) for the modulation-free head is ignored (<0.1%). Cross-attentio
 prompt are computed once per video and not counted. Summed over all calls of the video.
 
 Usage (on the device): python benchmarks/bench_generation.py [--frame-wise] [--decoders none,wan,taehv]
-    [--backend auto|sdpa|cudnn] [--compile] [--overlap] [--channels-last] [--size wan2.1-t2v-14b]
+    [--backend auto|sdpa|cudnn] [--compile] [--overlap] [--channels-last] [--low-vram] [--size wan2.1-t2v-14b]
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from selfforcing_core.config import PRESETS, CausalSettings, WanConfig  # noqa: E402
+from selfforcing_core.offload import BlockStreamer  # noqa: E402
 from selfforcing_core.pipeline import GenerationRequest, PromptSegment, VideoPipeline  # noqa: E402
 from selfforcing_core.preview_decoder import TAEHVDecoder  # noqa: E402
 from selfforcing_core.sampler import plan_chunks  # noqa: E402
@@ -92,6 +93,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the fixed-shape block work")
     parser.add_argument("--overlap", action="store_true", help="decode each chunk beside the next one's denoising")
     parser.add_argument("--channels-last", action="store_true", help="decoder convolutions in channels-last layout")
+    parser.add_argument("--low-vram", action="store_true",
+                        help="stream blocks from CPU memory and decode one latent frame per call")
     parser.add_argument("--check-fp32", action="store_true", help="compare bf16 latents with the float32 path")
     parser.add_argument("--json", help="append the results as JSON lines to this file")
     args = parser.parse_args()
@@ -99,7 +102,9 @@ def main() -> None:
     device, dtype = "cuda", torch.bfloat16
     torch.backends.cudnn.benchmark = True
     settings = CausalSettings(chunk_frames=1 if args.frame_wise else 3)
-    model = build(args.size, device, dtype, args.backend)
+    model = build(args.size, "cpu" if args.low_vram else device, dtype, args.backend)
+    if args.low_vram:
+        BlockStreamer(model, device)
     if args.compile:
         torch._dynamo.config.cache_size_limit = 64
         model.compile_blocks()
@@ -115,7 +120,7 @@ def main() -> None:
             decoder = decoder.to(device, dtype).eval()
             if args.channels_last:
                 channels_last(decoder)
-        pipeline = VideoPipeline(model, settings, decoder)
+        pipeline = VideoPipeline(model, settings, decoder, decode_frames_per_call=1 if args.low_vram else None)
         overlap = args.overlap
         began = time.perf_counter()
         run_once(pipeline, request, overlap)  # warm-up: kernels, allocator, autotuning, compilation
@@ -123,7 +128,7 @@ def main() -> None:
         best = min((run_once(pipeline, request, overlap) for _ in range(args.repeats)), key=lambda r: r["seconds"])
         result = {"size": args.size, "mode": "frame-wise" if args.frame_wise else "chunk-wise", "decoder": name,
                   "backend": args.backend, "compile": args.compile, "overlap": args.overlap,
-                  "channels_last": args.channels_last, "warmup_s": round(warmup, 1),
+                  "channels_last": args.channels_last, "low_vram": args.low_vram, "warmup_s": round(warmup, 1),
                   "device": torch.cuda.get_device_name(), "torch": torch.__version__, **best,
                   "video_tflop": flops / 1e12}
         if name == "none":

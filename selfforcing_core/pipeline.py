@@ -79,9 +79,12 @@ def _batched(tensor: torch.Tensor, batch: int, what: str) -> torch.Tensor:
 class VideoPipeline:
     """A causal transformer, its settings and an optional streaming decoder, ready to stream videos."""
 
-    def __init__(self, model: CausalWanModel, settings: CausalSettings, decoder: ChunkDecoder | None = None):
+    def __init__(self, model: CausalWanModel, settings: CausalSettings, decoder: ChunkDecoder | None = None,
+                 decode_frames_per_call: int | None = None):
+        """`decode_frames_per_call` bounds the decoder's activation memory (1 for low-VRAM cards)."""
         self.sampler = StreamingSampler(model, settings)
         self.decoder = StreamingDecoder(decoder) if decoder is not None else None
+        self.decode_frames_per_call = decode_frames_per_call
         self._decode_stream = None
 
     @property
@@ -160,7 +163,8 @@ class VideoPipeline:
         if self.decoder is not None:
             began = time.perf_counter()
             with self._side_stream(latents):
-                pixels = self.decoder.decode_chunk(latents)
+                pieces = latents.split(self.decode_frames_per_call or latents.shape[2], dim=2)
+                pixels = torch.cat([self.decoder.decode_chunk(piece) for piece in pieces], dim=2)
                 frames = (pixels.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).cpu()
             decode_seconds = time.perf_counter() - began
         return StreamedChunk(index, count, video_frames_for(start) if start else 0, video_frames_for(end),
