@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from selfforcing_core.config import PRESETS, CausalSettings, WanConfig  # noqa: E402
+from selfforcing_core.fp8_linear import use_fp8_linears  # noqa: E402
 from selfforcing_core.offload import BlockStreamer  # noqa: E402
 from selfforcing_core.pipeline import GenerationRequest, PromptSegment, VideoPipeline  # noqa: E402
 from selfforcing_core.preview_decoder import TAEHVDecoder  # noqa: E402
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the fixed-shape block work")
     parser.add_argument("--overlap", action="store_true", help="decode each chunk beside the next one's denoising")
     parser.add_argument("--channels-last", action="store_true", help="decoder convolutions in channels-last layout")
+    parser.add_argument("--fp8", action="store_true", help="fp8 (e4m3) linear layers in the blocks (Hopper)")
     parser.add_argument("--low-vram", action="store_true",
                         help="stream blocks from CPU memory and decode one latent frame per call")
     parser.add_argument("--check-fp32", action="store_true", help="compare bf16 latents with the float32 path")
@@ -105,6 +107,8 @@ def main() -> None:
     model = build(args.size, "cpu" if args.low_vram else device, dtype, args.backend)
     if args.low_vram:
         BlockStreamer(model, device)
+    if args.fp8:
+        use_fp8_linears(model)
     if args.compile:
         torch._dynamo.config.cache_size_limit = 64
         model.compile_blocks()
@@ -128,7 +132,7 @@ def main() -> None:
         best = min((run_once(pipeline, request, overlap) for _ in range(args.repeats)), key=lambda r: r["seconds"])
         result = {"size": args.size, "mode": "frame-wise" if args.frame_wise else "chunk-wise", "decoder": name,
                   "backend": args.backend, "compile": args.compile, "overlap": args.overlap,
-                  "channels_last": args.channels_last, "low_vram": args.low_vram, "warmup_s": round(warmup, 1),
+                  "channels_last": args.channels_last, "low_vram": args.low_vram, "fp8": args.fp8, "warmup_s": round(warmup, 1),
                   "device": torch.cuda.get_device_name(), "torch": torch.__version__, **best,
                   "video_tflop": flops / 1e12}
         if name == "none":
@@ -147,18 +151,26 @@ def main() -> None:
 
 
 def compare_precision(args, settings: CausalSettings) -> dict:
-    """Difference of the first chunk's latents between bf16 weights and the float32 path."""
+    """First-chunk latents of bf16 and bf16 + fp8 linears against the float32 path (same weights)."""
     text = torch.randn(1, 512, PRESETS[args.size].text_dim, generator=torch.Generator().manual_seed(1))
-    outputs = []
-    for dtype in (torch.float32, torch.bfloat16):
+    outputs = {}
+    for name in ("float32", "bfloat16", "fp8"):
         torch.manual_seed(0)
-        model = build(args.size, "cuda", torch.float32, "auto").to(dtype)
+        model = build(args.size, "cuda", torch.float32, "auto")
+        if name != "float32":
+            model = model.to(torch.bfloat16)
+        if name == "fp8":
+            use_fp8_linears(model)
         request = GenerationRequest([PromptSegment(text.cuda())], args.width, args.height, 9, seed=0)
-        outputs.append(VideoPipeline(model, settings).generate(request)[0].float())
+        outputs[name] = VideoPipeline(model, settings).generate(request)[0].float()
         del model
         torch.cuda.empty_cache()
-    diff = (outputs[0] - outputs[1]).abs()
-    return {"max_abs": diff.max().item(), "mean_abs": diff.mean().item(), "fp32_std": outputs[0].std().item()}
+    exact = outputs.pop("float32")
+    report = {"fp32_std": exact.std().item()}
+    for name, latents in outputs.items():
+        diff = (latents - exact).abs()
+        report[name] = {"max_abs": diff.max().item(), "mean_abs": diff.mean().item()}
+    return report
 
 
 if __name__ == "__main__":
