@@ -8,9 +8,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test setup clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+# The venv, then the pinned offline ComfyUI the e2e tests start (.comfyui/, or COMFYUI_DIR).
+$(STAMP): requirements.txt requirements-dev.txt requirements-comfyui.txt tests/e2e/comfyui_setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) tests/e2e/comfyui_setup.py
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -22,4 +24,4 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out .comfyui

@@ -1,0 +1,64 @@
+"""Keyframes node: optional START and END images with the VAE that encodes them (at the sampler's size)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from comfy_api.latest import io
+
+from . import types
+
+
+@dataclass
+class KeyframeImages:
+    """What flows through a SELFFORCING_KEYFRAMES socket; encoded by the sampler at its width/height."""
+
+    vae: Any
+    start: torch.Tensor | None
+    end: torch.Tensor | None
+    end_strength: float
+
+
+def check_images(start: torch.Tensor | None, end: torch.Tensor | None) -> None:
+    """At least one keyframe; start and end framed alike (same size), one image each."""
+    if start is None and end is None:
+        raise ValueError("connect a start_image and/or an end_image to the keyframes node")
+    for name, image in (("start_image", start), ("end_image", end)):
+        if image is not None and image.shape[0] != 1:
+            raise ValueError(f"{name} is a batch of {image.shape[0]} images; pass one image (e.g. ImageFromBatch)")
+    if start is not None and end is not None and start.shape[1:3] != end.shape[1:3]:
+        raise ValueError(
+            f"end_image is {end.shape[2]}x{end.shape[1]} but start_image is {start.shape[2]}x{start.shape[1]}; "
+            "give both keyframes the same size (e.g. with ImageScale) so they are framed alike")
+
+
+class SelfForcingKeyframes(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SelfForcingKeyframes",
+            display_name="Self-Forcing Keyframes",
+            category=types.CATEGORY,
+            description="Start image: the video begins on it (a clean prefix in the cache). End image: the last "
+                        "frame lands on it and earlier chunks are pulled towards it. Models not trained with end "
+                        "frames may approach it like a cross-fade at high strength.",
+            inputs=[
+                io.MultiType.Input("vae", types=[io.Vae, types.Vae],
+                                   tooltip="The Wan2.1 VAE (VAELoader wan_2.1_vae, or the Self-Forcing VAE loader)."),
+                io.Image.Input("start_image", optional=True, tooltip="The first frame of the video."),
+                io.Image.Input("end_image", optional=True, tooltip="The frame the video should end on."),
+                io.Float.Input("end_strength", default=0.5, min=0.0, max=1.0, step=0.05,
+                               tooltip="How strongly the chunks before the last are pulled towards the end image."),
+            ],
+            outputs=[types.Keyframes.Output(display_name="keyframes")],
+        )
+
+    @classmethod
+    def execute(cls, vae: Any, end_strength: float, start_image: torch.Tensor | None = None,
+                end_image: torch.Tensor | None = None) -> io.NodeOutput:
+        check_images(start_image, end_image)
+        return io.NodeOutput(KeyframeImages(vae, start_image, end_image, end_strength))
+
+
+NODES = [SelfForcingKeyframes]
