@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from ..selfforcing_core.keyframes import encode_keyframes
 from ..selfforcing_core.latent_format import to_raw
 from ..selfforcing_core.pipeline import GenerationRequest, PromptSegment, StreamedChunk, VideoPipeline
-from ..selfforcing_core.video_geometry import FPS, check_size, latent_frame_of, seconds_to_frames
+from ..selfforcing_core.video_geometry import FPS, check_size, seconds_to_frames
 from . import types
 from .comfy_glue import current_prompt_id, interrupt_check, load_on_device, progress_bar
 from .conditioning import prompt_segments
@@ -44,13 +44,9 @@ def frame_count(length: float, unit: str) -> int:
     return int(length)
 
 
-def text_at(segments: list[PromptSegment], texts: list[str], frame: int) -> str:
-    """The prompt text of the chunk starting at video frame `frame` (prompts switch on latent frames)."""
-    current = ""
-    for segment, text in sorted(zip(segments, texts), key=lambda pair: pair[0].start_frame):
-        if latent_frame_of(segment.start_frame) <= latent_frame_of(frame):
-            current = text
-    return current
+def texts_by_start(segments: list[PromptSegment], texts: list[str]) -> list[str]:
+    """Prompt texts in the order the pipeline numbers prompts (by start frame, ties kept in order)."""
+    return [text for _, text in sorted(zip(segments, texts), key=lambda pair: pair[0].start_frame)]
 
 
 class SelfForcingSampler(io.ComfyNode):
@@ -135,11 +131,12 @@ class SelfForcingSampler(io.ComfyNode):
              segments: list[PromptSegment], texts: list[str]) -> list[StreamedChunk]:
         bar = None
         chunks = []
+        ordered_texts = texts_by_start(segments, texts)
         for chunk in pipeline.stream(request, interrupt=interrupt_check()):
             chunk.latents = chunk.latents.cpu()
             if preview is not None and chunk.frames is not None:
                 preview.push(chunk.index, chunk.num_chunks, chunk.frames[0],
-                             text_at(segments, texts, chunk.start_frame))
+                             ordered_texts[chunk.prompt])
             bar = bar or progress_bar(chunk.num_chunks, str(cls.hidden.unique_id))
             bar.update_absolute(chunk.index + 1, chunk.num_chunks)
             chunks.append(chunk)

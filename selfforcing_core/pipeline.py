@@ -56,7 +56,10 @@ class GenerationRequest:
 
 @dataclass
 class StreamedChunk:
-    """A finished chunk: its latents, and its frames [B, T, H, W, 3] in [0, 1] when a decoder is set."""
+    """A finished chunk: its latents, and its frames [B, T, H, W, 3] in [0, 1] when a decoder is set.
+
+    `prompt` indexes the request's prompts ordered by start frame (the start keyframe's chunk: 0).
+    """
 
     index: int
     num_chunks: int
@@ -66,6 +69,7 @@ class StreamedChunk:
     frames: torch.Tensor | None
     model_seconds: float
     decode_seconds: float
+    prompt: int = 0
 
 
 def _batched(tensor: torch.Tensor, batch: int, what: str) -> torch.Tensor:
@@ -144,7 +148,9 @@ class VideoPipeline:
 
         source = run_ahead(chunks) if overlap else chunks(lambda: None)
         for index, chunk in enumerate(source):
-            yield self._decoded(index, count, chunk.start_frame, chunk.end_frame, chunk.latents, chunk.seconds)
+            decoded = self._decoded(index, count, chunk.start_frame, chunk.end_frame, chunk.latents, chunk.seconds)
+            decoded.prompt = max(chunk.prompt, 0)
+            yield decoded
 
     def _prefix(self, request: GenerationRequest, batch: int, channels: int, h: int, w: int) -> torch.Tensor | None:
         if request.start_latent is None:
