@@ -1,0 +1,246 @@
+"""The training stages end to end, as the CLI runs them: VAE, then teacher (DiT + text encoder).
+
+Each stage writes into its output folder: a resumable state (`*_state.safetensors` + `.json`), the
+exported weights, a metrics json, a log, and sample videos (mp4, when imageio-ffmpeg is present).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..checkpoint import load_transformer
+from ..text_encoder_loading import load_text_encoder
+from ..vae_loading import load_wan_vae
+from ..wan_vae import WanVAE
+from .data import CaptionTokens, ScenePrefetcher, build_latent_bank, random_crop, world_clips
+from .evaluation import HELD_OUT_SEED, evaluate_teacher, evaluate_vae, generate_videos
+from .model_sizes import PRESETS
+from .teacher_training import build_teacher, export_teacher, flow_matching_loss
+from .trainer import TrainOptions, Trainer, make_accelerator
+from .vae_training import (
+    VAEAutoencoder,
+    VAELossWeights,
+    export_vae,
+    init_posterior,
+    latent_statistics,
+    set_latent_statistics,
+    vae_loss,
+)
+from .world import sample_scenes
+from .world_render import render_scenes
+from .world_scene import WorldConfig
+
+log = logging.getLogger(__name__)
+VAE_TRAIN_SEED = 0
+TEACHER_TRAIN_SEED = 1
+STATS_SEED = 2
+VAE_FILE = "world_vae.safetensors"
+DIT_FILE = "world_teacher.safetensors"
+TEXT_FILE = "world_text_encoder.safetensors"
+
+
+@dataclass
+class VAEStage:
+    """Options of `train vae`."""
+
+    out: str
+    size: str = "world"
+    resolution: int = 128
+    frames: int = 33
+    batch: int = 4
+    crop: int = 128
+    init: str | None = None
+    train: TrainOptions = field(default_factory=lambda: TrainOptions(lr=1e-3, ema_decay=0.995, minutes=2.5))
+    eval_clips: int = 64
+    stats_clips: int = 128
+    workers: int = 0
+    precision: str = "auto"
+    cpu: bool = False
+
+
+@dataclass
+class TeacherStage:
+    """Options of `train teacher`."""
+
+    out: str
+    vae: str
+    size: str = "world"
+    resolution: int = 128
+    frames: int = 33
+    batch: int = 64
+    bank_clips: int = 16384
+    bank_minutes: float = 1.0
+    workers: int = 0
+    shift: float = 3.0
+    text_dropout: float = 0.1
+    train: TrainOptions = field(default_factory=lambda: TrainOptions(lr=5e-4, minutes=5.0))
+    eval_clips: int = 200
+    eval_steps: int = 30
+    guidance: float = 5.0
+    precision: str = "auto"
+    cpu: bool = False
+
+
+@dataclass
+class SampleStage:
+    """Options of `train sample`: videos from exported teacher files for held-out or given captions."""
+
+    out: str
+    vae: str
+    teacher: str
+    text_encoder: str
+    prompts: list[str] = field(default_factory=list)
+    count: int = 4
+    resolution: int = 128
+    frames: int = 33
+    steps: int = 30
+    guidance: float = 5.0
+    shift: float = 3.0
+    seed: int = 0
+
+
+def setup_logging(out: str, name: str) -> None:
+    """Log to stderr and to `<out>/<name>.log`."""
+    os.makedirs(out, exist_ok=True)
+    handlers = [logging.StreamHandler(), logging.FileHandler(os.path.join(out, f"{name}.log"))]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", handlers=handlers, force=True)
+
+
+def write_json(path: str, values: dict) -> None:
+    with open(path, "w") as handle:
+        json.dump(values, handle, indent=1, sort_keys=True)
+
+
+def write_sample_video(path: str, videos: torch.Tensor, fps: int, columns: int = 4) -> bool:
+    """Tile up to `columns` clips [B, T, 3, H, W] in [-1, 1] side by side into an mp4; False without ffmpeg."""
+    try:
+        from ..video_export import write_video
+    except ImportError:
+        log.warning("imageio-ffmpeg is not installed: %s not written", path)
+        return False
+    tiles = videos[:columns].float().cpu() * 0.5 + 0.5
+    frames = torch.cat(list(tiles), dim=-1).permute(0, 2, 3, 1).clamp(0, 1)
+    write_video(path, frames, fps=fps)
+    return True
+
+
+def run_vae_stage(stage: VAEStage) -> dict[str, float]:
+    """Train the VAE, fit its latent statistics, export it and measure held-out PSNR on the export."""
+    setup_logging(stage.out, "vae")
+    accelerator = make_accelerator(stage.precision, stage.cpu)
+    config = WorldConfig(height=stage.resolution, width=stage.resolution, num_frames=stage.frames)
+    if stage.init:
+        vae = load_wan_vae(stage.init, dtype=torch.float32).train().requires_grad_(True)
+    else:
+        vae = WanVAE(PRESETS[stage.size].vae)
+        init_posterior(vae)
+    autoencoder = VAEAutoencoder(vae)
+    trainer = Trainer(autoencoder, stage.train, accelerator, os.path.join(stage.out, "vae_state"))
+    trainer.resume()
+    scenes = ScenePrefetcher(VAE_TRAIN_SEED, stage.batch, config, accelerator.num_processes,
+                             accelerator.process_index, stage.workers)
+
+    def loss_fn(model, generator: torch.Generator, step: int) -> torch.Tensor:
+        video = random_crop(render_scenes(scenes.scenes(step), accelerator.device).transpose(1, 2), stage.crop,
+                            generator)
+        return vae_loss(model, video, generator, VAELossWeights())[0]
+
+    trainer.run(loss_fn, "vae")
+    scenes.close()
+    if not accelerator.is_main_process:
+        return {}
+    vae = copy.deepcopy(trainer.unwrapped.vae).float().eval()
+    trainer.ema.copy_to(VAEAutoencoder(vae))  # the wrapper gives the parameters the EMA's names
+    stats_videos = [world_clips(STATS_SEED, range(i, i + 16), config, vae.device)[0]
+                    for i in range(0, stage.stats_clips, 16)]
+    set_latent_statistics(vae, *latent_statistics(vae, stats_videos))
+    path = os.path.join(stage.out, VAE_FILE)
+    export_vae(vae, path)
+    exported = load_wan_vae(path, dtype=torch.float32, device=vae.device)
+    eval_config = WorldConfig(height=stage.resolution, width=stage.resolution)
+    metrics = evaluate_vae(exported, stage.eval_clips, eval_config)
+    metrics.update({"steps": trainer.state.step, "train_seconds": trainer.state.elapsed_seconds,
+                    "final_loss": trainer.recent_loss(), "latent_mean": list(vae.config.latent_mean),
+                    "latent_std": list(vae.config.latent_std)})
+    write_json(os.path.join(stage.out, "vae_metrics.json"), metrics)
+    video, _ = world_clips(HELD_OUT_SEED, range(4), eval_config, vae.device)
+    with torch.no_grad():
+        recon = exported.decode(exported.encode(video), chunk_frames=3).clamp(-1, 1)
+    write_sample_video(os.path.join(stage.out, "vae_reconstruction.mp4"),
+                       torch.cat([video, recon], dim=-2).transpose(1, 2), eval_config.fps)
+    log.info("vae: %d steps, held-out PSNR %.2f dB (min %.2f)", trainer.state.step, metrics["psnr"],
+             metrics["psnr_min"])
+    return metrics
+
+
+def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
+    """Encode a latent bank with the trained VAE, train DiT + text encoder, export and evaluate."""
+    setup_logging(stage.out, "teacher")
+    accelerator = make_accelerator(stage.precision, stage.cpu)
+    sizes = PRESETS[stage.size]
+    config = WorldConfig(height=stage.resolution, width=stage.resolution, num_frames=stage.frames)
+    vae = load_wan_vae(stage.vae, dtype=torch.float32, device=accelerator.device)
+    tokens = CaptionTokens(sizes.text_len)
+    began = time.monotonic()
+    bank = build_latent_bank(vae, tokens, TEACHER_TRAIN_SEED + 1000 * accelerator.process_index, stage.bank_clips,
+                             config, workers=stage.workers, max_seconds=60.0 * stage.bank_minutes)
+    log.info("latent bank: %d clips %s in %.1fs (latent std %.3f)", len(bank), tuple(bank.latents.shape[1:]),
+             time.monotonic() - began, float(bank.latents.std()))
+    teacher = build_teacher(sizes.dit, sizes.text, stage.train.seed)
+    trainer = Trainer(teacher, stage.train, accelerator, os.path.join(stage.out, "teacher_state"))
+    trainer.resume()
+
+    def loss_fn(model, generator: torch.Generator, step: int) -> torch.Tensor:
+        index = torch.randint(len(bank), (stage.batch,), generator=generator, device=generator.device)
+        latents, ids, mask = bank.batch(index)
+        return flow_matching_loss(model, latents, ids, mask, tokens.empty_ids, tokens.empty_mask, generator,
+                                  stage.shift, stage.text_dropout)
+
+    trainer.run(loss_fn, "teacher")
+    if not accelerator.is_main_process:
+        return {}
+    ema = copy.deepcopy(trainer.unwrapped).float().eval()
+    trainer.ema.copy_to(ema)
+    export_teacher(ema, os.path.join(stage.out, DIT_FILE), os.path.join(stage.out, TEXT_FILE),
+                   {"resolution": f"{stage.resolution}x{stage.resolution}", "timestep_shift": str(stage.shift),
+                    "num_frames": str(stage.frames), "kind": "bidirectional teacher"})
+    metrics = {"steps": trainer.state.step, "train_seconds": trainer.state.elapsed_seconds, "bank_clips": len(bank),
+               "final_loss": trainer.recent_loss()}
+    if stage.eval_clips:
+        began = time.monotonic()
+        eval_config = WorldConfig(height=stage.resolution, width=stage.resolution, num_frames=stage.frames)
+        scores, videos, _ = evaluate_teacher(ema, vae, tokens, stage.eval_clips, eval_config, stage.eval_steps,
+                                             stage.guidance, stage.shift)
+        metrics.update(scores)
+        metrics["eval_seconds"] = time.monotonic() - began
+        write_sample_video(os.path.join(stage.out, "teacher_samples.mp4"), videos, eval_config.fps)
+        log.info("teacher: colour %.3f motion %.3f direction %.3f shape %.3f", scores["colour_accuracy"],
+                 scores["motion_accuracy"], scores["direction_accuracy"], scores["shape_accuracy"])
+    write_json(os.path.join(stage.out, "teacher_metrics.json"), metrics)
+    return metrics
+
+
+def run_sample_stage(stage: SampleStage) -> list[str]:
+    """Write one mp4 per caption (given prompts, else held-out world captions) from exported files."""
+    dit = load_transformer(stage.teacher, dtype=torch.float32).model
+    text = load_text_encoder(stage.text_encoder, dtype=torch.float32, text_len=dit.config.text_len)
+    vae = load_wan_vae(stage.vae, dtype=torch.float32)
+    tokens = CaptionTokens(dit.config.text_len)
+    config = WorldConfig(height=stage.resolution, width=stage.resolution, num_frames=stage.frames)
+    captions = stage.prompts or [scene.caption for scene in sample_scenes(HELD_OUT_SEED, range(stage.count), config)]
+    os.makedirs(stage.out, exist_ok=True)
+    paths = []
+    for index, caption in enumerate(captions):
+        video = generate_videos(dit, text.encoder, vae, tokens, [caption], config, stage.steps, stage.guidance,
+                                stage.shift, stage.seed + index)
+        path = os.path.join(stage.out, f"sample_{index:02d}.mp4")
+        if write_sample_video(path, video, config.fps):
+            paths.append(path)
+            log.info("%s: %s", path, caption)
+    return paths

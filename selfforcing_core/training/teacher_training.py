@@ -1,0 +1,106 @@
+"""The bidirectional teacher: the Wan DiT and the small umT5 text encoder, trained together.
+
+Flow matching: x_t = (1 - sigma) x0 + sigma * noise with sigma drawn from the shifted
+distribution, the DiT predicts the flow (noise - x0) at timestep 1000 * sigma for every frame, and
+a fraction of captions is replaced by the empty caption so that one model serves guided sampling.
+"""
+from __future__ import annotations
+
+import copy
+import json
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import save_transformer
+from ..config import WanConfig
+from ..text_encoder import UMT5Config, UMT5Encoder
+from ..transformer import CausalWanModel
+from .sampling import shifted_sigma
+
+
+class Teacher(nn.Module):
+    """DiT + text encoder as one module (one optimizer, one DDP wrapper, one EMA)."""
+
+    def __init__(self, dit_config: WanConfig, text_config: UMT5Config, attention_backend: str = "sdpa"):
+        super().__init__()
+        self.dit = CausalWanModel(dit_config, attention_backend=attention_backend)
+        self.text = UMT5Encoder(text_config)
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Caption embeddings [B, text_len, text_dim], zero past each caption."""
+        return self.text(ids, mask)
+
+    def forward(self, latents: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Flow prediction for noisy latents [B, C, F, h, w] at per-frame timesteps t [B, F] (bidirectional)."""
+        return self.dit(latents, t, self.encode_text(ids, mask))
+
+
+@torch.no_grad()
+def init_teacher(teacher: Teacher, seed: int = 0) -> None:
+    """Wan's initialisation: Xavier-uniform linear layers with zero biases, small embeddings, zero output head."""
+    generator = torch.Generator().manual_seed(seed)
+    for module in teacher.modules():
+        if isinstance(module, (nn.Linear, nn.Conv3d)):
+            weight = module.weight.flatten(1)
+            bound = (6.0 / (weight.shape[0] + weight.shape[1])) ** 0.5
+            module.weight.copy_((torch.rand(module.weight.shape, generator=generator) * 2 - 1) * bound)
+            if module.bias is not None:
+                module.bias.zero_()
+    for embedding in (teacher.dit.text_embedding, teacher.dit.time_embedding):
+        for layer in embedding:
+            if isinstance(layer, nn.Linear):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.02)
+    teacher.dit.head.head.weight.zero_()
+
+
+def build_teacher(
+    dit_config: WanConfig, text_config: UMT5Config, seed: int = 0, attention_backend: str = "sdpa"
+) -> Teacher:
+    """A freshly initialised teacher, the same for the same seed (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        teacher = Teacher(dit_config, text_config, attention_backend)
+    init_teacher(teacher, seed)
+    return teacher
+
+
+def flow_matching_loss(
+    teacher: nn.Module,
+    latents: torch.Tensor,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    empty_ids: torch.Tensor,
+    empty_mask: torch.Tensor,
+    generator: torch.Generator,
+    shift: float,
+    text_dropout: float,
+) -> torch.Tensor:
+    """MSE between the predicted and true flow on one batch, captions dropped with `text_dropout`."""
+    batch, frames, device = latents.shape[0], latents.shape[2], latents.device
+    sigma = shifted_sigma(torch.rand(batch, generator=generator, device=device), shift)
+    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+    drop = torch.rand(batch, generator=generator, device=device) < text_dropout
+    ids = torch.where(drop[:, None], empty_ids.to(device), ids)
+    mask = torch.where(drop[:, None], empty_mask.to(device), mask)
+    s = sigma.view(batch, 1, 1, 1, 1).to(latents.dtype)
+    noisy = (1.0 - s) * latents + s * noise
+    t = (sigma * 1000.0)[:, None].expand(batch, frames)
+    prediction = teacher(noisy, t, ids, mask)
+    return F.mse_loss(prediction.float(), (noise - latents).float())
+
+
+def export_teacher(
+    teacher: Teacher, dit_path: str, text_path: str, metadata: dict[str, str], dtype: torch.dtype = torch.float16
+) -> None:
+    """Save the DiT (config + `metadata`, e.g. resolution and shift, loadable by `load_transformer`) and
+    the text encoder (original umT5 layout, loadable by `load_text_encoder` with the byte tokenizer)."""
+    from safetensors.torch import save_file
+
+    save_transformer(copy.deepcopy(teacher.dit).to(dtype), dit_path, extra_metadata=metadata)
+    text = teacher.text
+    metadata = {"config": json.dumps(text.config.to_dict()), "tokenizer": "byte",
+                "text_len": str(teacher.dit.config.text_len)}
+    save_file({k: v.detach().to(dtype).contiguous().cpu() for k, v in text.state_dict().items()}, text_path,
+              metadata=metadata)

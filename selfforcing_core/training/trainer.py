@@ -1,0 +1,164 @@
+"""A small training loop over `accelerate`: one model, AdamW, EMA, a step or time budget, resumable.
+
+The same code runs on CPU, one GPU or several (launched with `accelerate launch`); every random
+draw of a step comes from the trainer's own generator, saved with the checkpoint, so a resumed run
+repeats an uninterrupted one exactly. The learning rate warms up, then follows a cosine from 1 to
+0.1 over the budget (steps, or wall-clock minutes when training is time-boxed).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .checkpointing import TrainingState, has_training_state, load_training_state, save_training_state
+from .ema import EMA
+
+log = logging.getLogger(__name__)
+_FINAL_LR_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Optimisation settings; exactly one of `steps` and `minutes` bounds the run."""
+
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    steps: int | None = None
+    minutes: float | None = None
+    checkpoint_every: int = 500
+    log_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (self.steps is None) == (self.minutes is None):
+            raise ValueError("give exactly one of steps and minutes as the training budget")
+
+
+def make_accelerator(precision: str = "auto", cpu: bool = False):
+    """An `accelerate.Accelerator`: bf16 autocast on GPU unless told otherwise, plain float32 on CPU.
+
+    Also lets float32 matmuls and convolutions use TF32 and cuDNN pick its fastest kernels.
+    """
+    from accelerate import Accelerator
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and not cpu else "no"
+    return Accelerator(mixed_precision=precision, cpu=cpu)
+
+
+class Trainer:
+    """Owns the prepared model and optimizer, the EMA, the generator and the counters."""
+
+    def __init__(self, model: nn.Module, options: TrainOptions, accelerator, state_path: str | None = None):
+        self.options = options
+        self.accelerator = accelerator
+        self.state_path = state_path
+        optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, betas=options.betas,
+                                      weight_decay=options.weight_decay)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.ema = EMA(self.unwrapped, options.ema_decay)
+        self.generator = torch.Generator(accelerator.device)
+        self.generator.manual_seed(options.seed * 1000 + accelerator.process_index)
+        self.state = TrainingState()
+        self.losses: list[float] = []
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def resume(self) -> bool:
+        """Load the saved state at `state_path` if there is one; True when it did."""
+        if self.state_path is None or not has_training_state(self.state_path):
+            return False
+        self.state = load_training_state(self.state_path, self.unwrapped, self.ema, self.optimizer, self.generator)
+        log.info("resumed from %s at step %d", self.state_path, self.state.step)
+        return True
+
+    def save(self, info: dict | None = None) -> None:
+        """Write the resumable state (main process only)."""
+        if self.state_path is None or not self.accelerator.is_main_process:
+            return
+        if info:
+            self.state.info.update(info)
+        save_training_state(self.state_path, self.unwrapped, self.ema, self.optimizer, self.generator, self.state)
+
+    def progress(self) -> float:
+        """Fraction of the budget spent, in [0, 1]."""
+        if self.options.steps is not None:
+            return min(1.0, self.state.step / self.options.steps)
+        return min(1.0, self.state.elapsed_seconds / (60.0 * self.options.minutes))
+
+    def learning_rate(self) -> float:
+        warmup = min(1.0, (self.state.step + 1) / max(1, self.options.warmup_steps))
+        cosine = 0.5 * (1.0 + math.cos(math.pi * self.progress()))
+        return self.options.lr * warmup * (_FINAL_LR_FRACTION + (1.0 - _FINAL_LR_FRACTION) * cosine)
+
+    def step(self, loss_fn: Callable[[nn.Module, torch.Generator, int], torch.Tensor]) -> torch.Tensor:
+        """One optimisation step on `loss_fn(model, generator, step)`; returns the (detached) loss.
+
+        Nothing here waits for the GPU, so the host queues the next step while this one runs.
+        """
+        lr = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        with self.accelerator.autocast():
+            loss = loss_fn(self.model, self.generator, self.state.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(loss)
+        if self.options.grad_clip:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
+        self.optimizer.step()
+        self.ema.update(self.unwrapped)
+        self.state.step += 1
+        self.losses.append(loss.detach())
+        del self.losses[:-self.options.log_every]
+        return self.losses[-1]
+
+    def recent_loss(self) -> float:
+        """Mean loss over the last `log_every` steps (NaN before the first step)."""
+        return float(torch.stack(self.losses).float().mean()) if self.losses else float("nan")
+
+    def _out_of_budget(self) -> bool:
+        if self.options.steps is not None:
+            return self.state.step >= self.options.steps
+        over = self.state.elapsed_seconds >= 60.0 * self.options.minutes
+        if self.accelerator.num_processes == 1:
+            return over
+        agreed = self.accelerator.reduce(torch.tensor(float(over), device=self.accelerator.device), "max")
+        return bool(agreed > 0)
+
+    def run(self, loss_fn: Callable[[nn.Module, torch.Generator, int], torch.Tensor], desc: str) -> None:
+        """Step until the budget is spent, logging and checkpointing on the way, then save."""
+        total = self.options.steps
+        bar = tqdm(total=total, initial=self.state.step, desc=desc, file=sys.stderr, mininterval=5.0,
+                   disable=not self.accelerator.is_main_process)
+        started = time.monotonic() - self.state.elapsed_seconds
+        while not self._out_of_budget():
+            self.step(loss_fn)
+            self.state.elapsed_seconds = time.monotonic() - started
+            bar.update(1)
+            if self.state.step % self.options.log_every == 0:
+                loss = self.recent_loss()
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.learning_rate():.2e}", refresh=False)
+                log.info("%s step %d loss %.5f lr %.2e %.0fs", desc, self.state.step, loss, self.learning_rate(),
+                         self.state.elapsed_seconds)
+            if self.state.step % self.options.checkpoint_every == 0:
+                self.save()
+        bar.close()
+        self.save()

@@ -1,0 +1,39 @@
+"""The `train` command line: help texts, and the toy pipeline VAE -> teacher -> samples end to end."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from selfforcing_core.cli import main
+from selfforcing_core.training.stages import DIT_FILE, TEXT_FILE, VAE_FILE
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "vae", "--help"],
+                                  ["train", "teacher", "--help"], ["train", "sample", "--help"]])
+def test_help(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+def test_toy_pipeline_end_to_end(tmp_path):
+    vae_dir, teacher_dir, sample_dir = (str(tmp_path / name) for name in ("vae", "teacher", "samples"))
+    small = ["--size", "toy", "--resolution", "32", "--frames", "5", "--batch", "2", "--steps", "2", "--log-every", "1"]
+    assert main(["train", "vae", "--out", vae_dir, *small, "--crop", "32", "--eval-clips", "2"]) == 0
+    vae_metrics = json.load(open(os.path.join(vae_dir, "vae_metrics.json")))
+    assert vae_metrics["steps"] == 2 and vae_metrics["truth/colour_accuracy"] == 1.0
+    vae_file = os.path.join(vae_dir, VAE_FILE)
+    assert main(["train", "teacher", "--vae", vae_file, "--out", teacher_dir, *small, "--bank-clips", "4",
+                 "--eval-clips", "2", "--eval-steps", "3"]) == 0
+    metrics = json.load(open(os.path.join(teacher_dir, "teacher_metrics.json")))
+    assert metrics["steps"] == 2 and metrics["sample_steps"] == 3 and metrics["clips"] == 2
+    assert 0.0 <= metrics["colour_accuracy"] <= 1.0
+    assert os.path.isfile(os.path.join(teacher_dir, "teacher_state.safetensors"))
+    assert main(["train", "sample", "--out", sample_dir, "--vae", vae_file, "--teacher",
+                 os.path.join(teacher_dir, DIT_FILE), "--text-encoder", os.path.join(teacher_dir, TEXT_FILE),
+                 "--prompt", "a red circle moves right on a gray background", "--resolution", "32", "--frames", "5",
+                 "--steps", "2"]) == 0
+    assert sorted(os.listdir(sample_dir)) == ["sample.log", "sample_00.mp4"]
