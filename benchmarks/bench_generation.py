@@ -58,9 +58,15 @@ def channels_last(module: torch.nn.Module) -> None:
 
 
 def build(size: str, device: str, dtype: torch.dtype, backend: str) -> CausalWanModel:
-    with torch.device(device):
-        model = CausalWanModel(PRESETS[size], attention_backend=backend)
-    return model.to(dtype).eval().requires_grad_(False)
+    """A random-weight model made directly in `dtype` (a float32 14B would not fit beside its copy)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = CausalWanModel(PRESETS[size], attention_backend=backend)
+    finally:
+        torch.set_default_dtype(default)
+    return model.eval().requires_grad_(False)
 
 
 def run_once(pipeline: VideoPipeline, request: GenerationRequest, overlap: bool = False) -> dict:

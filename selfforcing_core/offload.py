@@ -37,6 +37,7 @@ class BlockStreamer:
         for index, block in enumerate(self.blocks):
             self.handles.append(block.register_forward_pre_hook(self._before(index)))
             self.handles.append(block.register_forward_hook(self._after(index)))
+            block.cross_attn.context_kv = self._streamed_context_kv(index, block.cross_attn.context_kv)
 
     def _load(self, index: int) -> None:
         """Start copying block `index` to the device (asynchronously on CUDA)."""
@@ -71,9 +72,21 @@ class BlockStreamer:
             self.ready.pop(index, None)
         return hook
 
+    def _streamed_context_kv(self, index: int, context_kv):
+        """The prompt's K/V are computed outside the block's forward (once per prompt): load it for that."""
+        def streamed(context: torch.Tensor):
+            self._before(index)(None, None)
+            try:
+                return context_kv(context)
+            finally:
+                self._after(index)(None, None, None)
+        return streamed
+
     def remove(self) -> None:
         """Detach the hooks; the blocks stay in CPU memory."""
         for handle in self.handles:
             handle.remove()
         self.handles.clear()
+        for block in self.blocks:
+            del block.cross_attn.context_kv
 

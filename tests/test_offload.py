@@ -39,3 +39,13 @@ def test_decoding_one_latent_frame_per_call_equals_whole_chunks():
     whole = VideoPipeline(tiny_model(), SETTINGS, decoder).generate(_request())[1]
     pieces = VideoPipeline(tiny_model(), SETTINGS, decoder, decode_frames_per_call=1).generate(_request())[1]
     torch.testing.assert_close(pieces, whole, rtol=0, atol=1e-12)
+
+
+def test_prompt_keys_are_computed_with_streamed_blocks_and_hooks_come_off():
+    model = tiny_model()
+    streamer = BlockStreamer(model, "cpu")
+    cache = model.new_cache(1, 4, 4, max_frames=3)
+    model.set_prompt(cache, torch.randn(1, 4, TINY.text_dim, dtype=torch.float64))
+    assert cache.has_prompt() and not streamer.ready.keys() - {0, 1}
+    streamer.remove()
+    assert "context_kv" not in vars(model.blocks[0].cross_attn)

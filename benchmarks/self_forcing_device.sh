@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Training II on one GPU in about nine minutes: clip bank + ODE pairs, causal init, Self Forcing,
+# the teacher- and diffusion-forcing baselines (same budget), end-frame training, and the evaluations
+# (each in the background while the next stage trains). Usage: bash benchmarks/self_forcing_device.sh OUT
+# Writes to OUT: world_causal.safetensors (the shipped student), results.json, log.txt, samples_*.npz.
+set -u
+OUT=${1:?usage: self_forcing_device.sh OUT}
+WORK=${WORK:-/tmp/self_forcing}
+MODELS=${MODELS:-models}
+TRAIN="python3 -m selfforcing_core train"
+FROZEN="--teacher $MODELS/world_teacher.safetensors --text-encoder $MODELS/world_text_encoder.safetensors"
+EVAL="--out $WORK --vae $MODELS/world_vae.safetensors --text-encoder $MODELS/world_text_encoder.safetensors
+  --workers 4 --clips ${CLIPS:-200} --long-clips ${LONG_CLIPS:-100}"
+MINUTES=${MINUTES:-1.25}  # each of Self Forcing, teacher forcing and diffusion forcing
+BATCH=${BATCH:-64}
+export PYTHONUNBUFFERED=1
+mkdir -p "$WORK" "$OUT"
+began=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - began ))s] $*"; }
+background=()
+evaluate() {  # label, then the evaluate options
+  local label=$1; shift
+  $TRAIN evaluate --label "$label" $EVAL "$@" >"$WORK/eval_$label.out" 2>&1 &
+  background+=($!)
+}
+run() {  # log name, time limit, then the train command's arguments (skipped past LAST_START seconds)
+  local name=$1 limit=$2; shift 2
+  if [ $(( $(date +%s) - began )) -gt "${LAST_START:-470}" ]; then stamp "$name skipped: out of time"; return; fi
+  stamp "$name"
+  timeout "$limit" $TRAIN "$@" >"$WORK/$name.out" 2>&1 || { echo "$name failed:"; tail -n 30 "$WORK/$name.out"; }
+}
+distill() {  # log name, then the stage and its options
+  local name=$1; shift
+  run "$name" 110 "$@" $FROZEN --out "$WORK" --bank "$WORK/clip_bank.safetensors" --batch "$BATCH"
+}
+
+run ode 80 ode --out "$WORK" $FROZEN --vae $MODELS/world_vae.safetensors --bank-clips 4096 \
+  --bank-minutes 0.3 --pairs 6144 --pairs-minutes 0.3 --batch "${PAIR_BATCH:-256}"
+run causal_init 85 causal-init --out "$WORK" $FROZEN --pairs "$WORK/ode_pairs.safetensors" --minutes "${INIT_MINUTES:-1.0}" \
+  --batch "$BATCH"
+evaluate init --model "$WORK/causal_init.safetensors" --keyframes start
+evaluate teacher --teacher $MODELS/world_teacher.safetensors --truth
+distill self_forcing self-forcing --init "$WORK/causal_init.safetensors" --minutes "$MINUTES" --export "$OUT/world_causal.safetensors"
+evaluate sf --model "$WORK/self_forcing.safetensors" --keyframes start,guidance
+evaluate sf_nosink --model "$WORK/self_forcing.safetensors" --lengths 2,4 --local-window 9 --sink-frames 0
+distill teacher_forcing baseline --method teacher_forcing --init "$WORK/causal_init.safetensors" --minutes "$MINUTES"
+evaluate tf --model "$WORK/teacher_forcing.safetensors" --keyframes start
+distill diffusion_forcing baseline --method diffusion_forcing --init "$WORK/causal_init.safetensors" --minutes "$MINUTES"
+evaluate df --model "$WORK/diffusion_forcing.safetensors" --keyframes start
+distill end_frame end-frame --init "$WORK/self_forcing.safetensors" --minutes "${END_MINUTES:-0.7}" --start-probability 0.75
+evaluate goal --model "$WORK/end_frame.safetensors" --lengths "" --keyframes goal,goal_pinned
+
+deadline=$(( began + ${DEADLINE:-550} ))
+for pid in "${background[@]}"; do
+  while kill -0 "$pid" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 1; done
+  kill "$pid" 2>/dev/null
+done
+stamp collect
+python3 - "$WORK" "$OUT" <<'EOF'
+import glob, json, os, shutil, sys
+work, out = sys.argv[1:]
+results = {"metrics": {}, "evals": {}}
+for path in sorted(glob.glob(os.path.join(work, "*_metrics.json"))):
+    results["metrics"][os.path.basename(path)[:-len("_metrics.json")]] = json.load(open(path))
+for path in sorted(glob.glob(os.path.join(work, "eval_*.json"))):
+    results["evals"][os.path.basename(path)[5:-5]] = json.load(open(path))["runs"]
+json.dump(results, open(os.path.join(out, "results.json"), "w"), indent=1, sort_keys=True)
+with open(os.path.join(out, "log.txt"), "w") as log:
+    for path in sorted(glob.glob(os.path.join(work, "*.out"))):
+        log.write(f"==== {os.path.basename(path)}\n" + open(path).read()[-20000:])
+for label in ("sf", "tf", "df", "goal", "teacher"):
+    path = os.path.join(work, f"samples_{label}.npz")
+    if os.path.exists(path):
+        shutil.copy(path, out)
+EOF
+stamp done
