@@ -1,4 +1,4 @@
-"""Command line: `python -m selfforcing_core train vae|teacher|sample ...`.
+"""Command line: `python -m selfforcing_core generate ...` and `python -m selfforcing_core train <stage> ...`.
 
 Training modules (and `accelerate`) are imported only when a train command runs.
 """
@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from .generation_cli import add_arguments as add_generate_arguments
+from .generation_cli import run as run_generate
 from .training.distill_cli import STAGES as DISTILLATION_STAGES
 from .training.distill_cli import add_distillation_stages, run_distillation_stage
 
@@ -84,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m selfforcing_core",
                                      description="Self-Forcing video generation: core library commands")
     commands = parser.add_subparsers(dest="command", required=True)
+    generate = commands.add_parser("generate", help="stream a video to an mp4/webm file (bundled model by default)")
+    add_generate_arguments(generate)
     add_train_commands(commands)
     return parser
 
@@ -125,6 +129,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "generate":
+        run_generate(args)
+        return 0
     if args.command == "train":
         return run_train(args)
     raise AssertionError(f"unhandled command {args.command}")
