@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Training II on one GPU in about nine minutes: clip bank + ODE pairs, causal init, Self Forcing,
-# the teacher- and diffusion-forcing baselines (same budget), end-frame training, and the evaluations
-# (each in the background while the next stage trains). Usage: bash benchmarks/self_forcing_device.sh OUT
+# the teacher- and diffusion-forcing baselines (the same number of generator steps), end-frame training,
+# and the evaluations (each in the background while the next stage trains; their json is rewritten
+# after every run, so a stopped evaluation keeps what it finished).
+# Usage: bash benchmarks/self_forcing_device.sh OUT
 # Writes to OUT: world_causal.safetensors (the shipped student), results.json, log.txt, samples_*.npz.
+# Measured on an H100 (2026-11-25, world sizes, batch 64, float32 + TF32): causal init 5.3 steps/s,
+# one generator step (with its 5 critic steps) about 3.5 s alone, up to 7 s beside the evaluations.
 set -u
 OUT=${1:?usage: self_forcing_device.sh OUT}
 WORK=${WORK:-/tmp/self_forcing}
 MODELS=${MODELS:-models}
-TRAIN="python3 -m selfforcing_core train"
+TRAIN="python3 -m selfforcing_core.training.distill_cli"
 FROZEN="--teacher $MODELS/world_teacher.safetensors --text-encoder $MODELS/world_text_encoder.safetensors"
 EVAL="--out $WORK --vae $MODELS/world_vae.safetensors --text-encoder $MODELS/world_text_encoder.safetensors
   --workers 4 --clips ${CLIPS:-200} --long-clips ${LONG_CLIPS:-100}"
-MINUTES=${MINUTES:-1.25}  # each of Self Forcing, teacher forcing and diffusion forcing
+STEPS=${STEPS:-20}  # generator steps of each of Self Forcing, teacher forcing and diffusion forcing
 BATCH=${BATCH:-64}
-export PYTHONUNBUFFERED=1
+# One thread per process: the evaluator's worker processes oversubscribed the cores otherwise.
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 mkdir -p "$WORK" "$OUT"
 began=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - began ))s] $*"; }
@@ -31,7 +36,7 @@ run() {  # log name, time limit, then the train command's arguments (skipped pas
 }
 distill() {  # log name, then the stage and its options
   local name=$1; shift
-  run "$name" 110 "$@" $FROZEN --out "$WORK" --bank "$WORK/clip_bank.safetensors" --batch "$BATCH"
+  run "$name" 150 "$@" $FROZEN --out "$WORK" --bank "$WORK/clip_bank.safetensors" --batch "$BATCH"
 }
 
 run ode 80 ode --out "$WORK" $FROZEN --vae $MODELS/world_vae.safetensors --bank-clips 4096 \
@@ -40,14 +45,14 @@ run causal_init 85 causal-init --out "$WORK" $FROZEN --pairs "$WORK/ode_pairs.sa
   --batch "$BATCH"
 evaluate init --model "$WORK/causal_init.safetensors" --keyframes start
 evaluate teacher --teacher $MODELS/world_teacher.safetensors --truth
-distill self_forcing self-forcing --init "$WORK/causal_init.safetensors" --minutes "$MINUTES" --export "$OUT/world_causal.safetensors"
+distill self_forcing self-forcing --init "$WORK/causal_init.safetensors" --steps "$STEPS" --export "$OUT/world_causal.safetensors"
 evaluate sf --model "$WORK/self_forcing.safetensors" --keyframes start,guidance
 evaluate sf_nosink --model "$WORK/self_forcing.safetensors" --lengths 2,4 --local-window 9 --sink-frames 0
-distill teacher_forcing baseline --method teacher_forcing --init "$WORK/causal_init.safetensors" --minutes "$MINUTES"
+distill teacher_forcing baseline --method teacher_forcing --init "$WORK/causal_init.safetensors" --steps "$STEPS"
 evaluate tf --model "$WORK/teacher_forcing.safetensors" --keyframes start
-distill diffusion_forcing baseline --method diffusion_forcing --init "$WORK/causal_init.safetensors" --minutes "$MINUTES"
+distill diffusion_forcing baseline --method diffusion_forcing --init "$WORK/causal_init.safetensors" --steps "$STEPS"
 evaluate df --model "$WORK/diffusion_forcing.safetensors" --keyframes start
-distill end_frame end-frame --init "$WORK/self_forcing.safetensors" --minutes "${END_MINUTES:-0.7}" --start-probability 0.75
+distill end_frame end-frame --init "$WORK/self_forcing.safetensors" --steps "${END_STEPS:-10}" --start-probability 0.75
 evaluate goal --model "$WORK/end_frame.safetensors" --lengths "" --keyframes goal,goal_pinned
 
 deadline=$(( began + ${DEADLINE:-550} ))

@@ -9,6 +9,7 @@ import torch
 
 from selfforcing_core.checkpoint import load_transformer
 from selfforcing_core.cli import main
+from selfforcing_core.training.distill_cli import main as distill_main
 from selfforcing_core.training.model_sizes import TOY
 from selfforcing_core.training.teacher_training import Teacher, export_teacher, init_teacher
 from selfforcing_core.training.vae_training import export_vae
@@ -32,8 +33,8 @@ def test_training_ii_stages_run_end_to_end_on_toy_models(tmp_path):
     files = _toy_files(tmp_path)
     common = ["--teacher", files["teacher"], "--text-encoder", files["text"], "--cpu"]
     out = str(tmp_path / "run")
-    main(["train", "ode", "--out", out, "--vae", files["vae"], "--bank-clips", "6", "--pairs", "4",
-          "--teacher-steps", "8", "--batch", "4", *common])
+    distill_main(["ode", "--out", out, "--vae", files["vae"], "--bank-clips", "6", "--pairs", "4",  # standalone entry
+                  "--teacher-steps", "8", "--batch", "4", *common])
     bank, pairs = os.path.join(out, "clip_bank.safetensors"), os.path.join(out, "ode_pairs.safetensors")
     main(["train", "causal-init", "--out", out, "--pairs", pairs, "--steps", "2", "--batch", "2", *common])
     init = os.path.join(out, "causal_init.safetensors")
@@ -45,7 +46,7 @@ def test_training_ii_stages_run_end_to_end_on_toy_models(tmp_path):
 
     loaded = load_transformer(shipped, dtype=torch.float32)
     assert loaded.metadata["resolution"] == "32x32" and loaded.metadata["num_frames"] == "17"
-    assert loaded.settings.local_window == 6 and loaded.settings.sink_frames == 3
+    assert loaded.settings.local_window == 6 and loaded.settings.sink_frames == 3 and loaded.settings.rebase_sink
     assert loaded.settings.timestep_shift == 3.0
     assert next(iter(loaded.model.parameters())).dtype == torch.float32
     from safetensors import safe_open
@@ -59,7 +60,8 @@ def test_training_ii_stages_run_end_to_end_on_toy_models(tmp_path):
           "--model", os.path.join(out, "end_frame.safetensors"), *decode])
     main(["train", "evaluate", "--out", out, "--label", "teacher", "--teacher", files["teacher"], "--truth",
           "--lengths", "1,2", "--teacher-steps", "2", *decode])
-    runs = {label: json.load(open(os.path.join(out, f"eval_{label}.json")))["runs"] for label in ("sf", "goal", "teacher")}
+    runs = {label: json.load(open(os.path.join(out, f"eval_{label}.json")))["runs"]
+            for label in ("sf", "goal", "teacher")}
     assert set(runs["sf"]) == {"text_1x", "text_2x", "start_1x", "guidance_1x"}
     assert set(runs["goal"]) == {"goal_1x", "goal_pinned_1x"}
     assert set(runs["teacher"]) == {"truth_1x", "truth_2x", "teacher_1x"}

@@ -32,9 +32,20 @@ def test_rollout_at_the_last_exit_step_is_the_streaming_sampler(prefix_frames):
     with torch.no_grad():
         ours = rollout(model, SETTINGS, context, frames, LATENT, SeededNoise(4, 2), exit_index=3, prefix=prefix)
     plan = plan_chunks(frames, SETTINGS, start_frame=prefix_frames)
-    reference = StreamingSampler(model, SETTINGS).sample(plan, context, SeededNoise(4, 2), (2, *LATENT[:1], *LATENT[1:]),
+    reference = StreamingSampler(model, SETTINGS).sample(plan, context, SeededNoise(4, 2), (2, *LATENT),
                                                          prefix=prefix)
     torch.testing.assert_close(ours, reference[:, :, prefix_frames:], rtol=0, atol=1e-5)
+
+
+def test_rollout_past_the_window_with_a_rebased_sink_is_the_streaming_sampler():
+    model = student().eval()
+    settings = SETTINGS.with_(rebase_sink=True)
+    context = _context()
+    with torch.no_grad():
+        ours = rollout(model, settings, context, 15, LATENT, SeededNoise(2, 2), exit_index=3)
+    reference = StreamingSampler(model, settings).sample(plan_chunks(15, settings), context, SeededNoise(2, 2),
+                                                         (2, *LATENT))
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
 
 
 class _CallLog:

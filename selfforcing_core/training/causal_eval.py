@@ -98,7 +98,9 @@ def causal_videos(
         start = decoding.encode_images(truth[part, 0]) if mode != "none" else None
         end = decoding.encode_images(truth[part, -1]) if mode not in ("none", "start") else None
         if mode.startswith("goal"):
-            pin = EndFrameGuidance(end, last_frame=total - 1 + GOAL_FRAMES, strength=0.0) if mode == "goal_pinned" else None
+            pin = None
+            if mode == "goal_pinned":
+                pin = EndFrameGuidance(end, last_frame=total - 1 + GOAL_FRAMES, strength=0.0)
             latents = sample_to_goal(sampler, context, noise, end, total, start, pin)
         else:
             prefix_frames = 0 if start is None else 1

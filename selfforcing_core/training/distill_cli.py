@@ -84,7 +84,8 @@ def add_distillation_stages(stages: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--truth", action="store_true", help="also score the ground-truth clips")
     evaluate.add_argument("--vae", required=True)
     evaluate.add_argument("--text-encoder", required=True)
-    evaluate.add_argument("--lengths", default="1,2,4", help="multiples of the training length for text-only runs (empty: none)")
+    evaluate.add_argument("--lengths", default="1,2,4",
+                          help="multiples of the training length for text-only runs (empty: none)")
     evaluate.add_argument("--clips", type=int, default=200, help="held-out captions at 1x")
     evaluate.add_argument("--long-clips", type=int, default=100, help="held-out captions at longer lengths")
     evaluate.add_argument("--keyframes", default="", help="1x keyframe runs: start,guidance,goal,goal_pinned")
@@ -142,3 +143,15 @@ def run_distillation_stage(args: argparse.Namespace) -> int:
             options=options, train=_train_options(args, 1.0 if args.stage == "end-frame" else 1.5, (0.0, 0.999)),
             critic_lr=args.critic_lr, export=args.export, cpu=args.cpu))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m selfforcing_core.training.distill_cli <stage> ...`: the stages without the package CLI
+    (whose generate command needs imageio-ffmpeg, absent on some training machines)."""
+    parser = argparse.ArgumentParser(prog="python -m selfforcing_core.training.distill_cli")
+    add_distillation_stages(parser.add_subparsers(dest="stage", required=True))
+    return run_distillation_stage(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

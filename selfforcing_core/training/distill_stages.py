@@ -42,9 +42,10 @@ EVAL_SEED = 7
 
 def student_settings(shift: float) -> CausalSettings:
     """The chunk-wise student: 3-frame chunks, 4 steps, the teacher's shift, and a cache of 9 frames
-    (a one-chunk sink + a 6-frame window) that equals global attention at the training length."""
+    (a one-chunk sink + a 6-frame window) that equals global attention at the training length; on
+    longer videos the sink is re-based to sit just before the window, the distance it was trained at."""
     return CausalSettings(chunk_frames=3, local_window=6, sink_frames=3, denoising_steps=(1000, 750, 500, 250),
-                          timestep_shift=shift)
+                          timestep_shift=shift, rebase_sink=True)
 
 
 def _device(cpu: bool) -> torch.device:
@@ -87,7 +88,8 @@ def load_dit(path: str, device: torch.device, trainable: bool = False) -> Loaded
 
 def load_text(path: str, device: torch.device, text_len: int) -> torch.nn.Module:
     """The frozen text encoder module: (ids, mask) -> embeddings."""
-    return load_text_encoder(path, dtype=torch.float32, device=device, text_len=text_len).encoder.eval().requires_grad_(False)
+    encoder = load_text_encoder(path, dtype=torch.float32, device=device, text_len=text_len).encoder
+    return encoder.eval().requires_grad_(False)
 
 
 def export_student(model: CausalWanModel, path: str, settings: CausalSettings, world: World, kind: str,
@@ -314,10 +316,15 @@ def run_evaluate_stage(stage: EvaluateStage) -> dict[str, dict[str, float]]:
         settings = loaded.settings.with_(**{k: v for k, v in changes.items() if v is not None})
     results: dict[str, dict[str, float]] = {}
     samples: dict[str, np.ndarray] = {}
+    described: dict = {"label": stage.label, "runs": results}
+    if settings is not None:
+        described["settings"] = {"local_window": settings.local_window, "sink_frames": settings.sink_frames}
 
     def record(name: str, videos: torch.Tensor, scenes, start=None, end=None) -> None:
+        """Score one run and rewrite the json at once (a stopped evaluation keeps what it finished)."""
         began = time.monotonic()
         results[name] = scorer.score(videos, scenes, start, end)
+        write_json(os.path.join(stage.out, f"eval_{stage.label}.json"), described)
         samples[name] = ((videos[:stage.samples] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
         log.info("%s %s: adherence %.1f drift %.4f object loss %.3f (%.0fs scoring)", stage.label, name,
                  results[name]["prompt_adherence"], results[name]["drift"], results[name]["object_loss"],
@@ -345,9 +352,5 @@ def run_evaluate_stage(stage: EvaluateStage) -> dict[str, dict[str, float]]:
                                    EVAL_SEED)
             record(f"{mode}_1x", videos, scenes, truth[:, 0], None if mode == "start" else truth[:, -1])
     scorer.close()
-    described = {"label": stage.label, "runs": results}
-    if settings is not None:
-        described["settings"] = {"local_window": settings.local_window, "sink_frames": settings.sink_frames}
-    write_json(os.path.join(stage.out, f"eval_{stage.label}.json"), described)
     np.savez_compressed(os.path.join(stage.out, f"samples_{stage.label}.npz"), **samples)
     return results

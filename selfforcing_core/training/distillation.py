@@ -94,8 +94,9 @@ class Distillation:
         prefix = goal_prefix(batch.end, start) if self.options.end_frame else start
         writer = context_writer(self.options.method, batch.truth, rng, float(self.settings.context_noise))
         frames = batch.truth.shape[2] - batch.start_frames
-        generated = rollout(model, self.settings, batch.context, frames, tuple(batch.truth.shape[i] for i in (1, 3, 4)),
-                            GeneratorNoise(rng), exit_index, prefix, writer)
+        latent_shape = (batch.truth.shape[1], batch.truth.shape[3], batch.truth.shape[4])
+        generated = rollout(model, self.settings, batch.context, frames, latent_shape, GeneratorNoise(rng), exit_index,
+                            prefix, writer)
         video = generated if start is None else torch.cat([start, generated], dim=2)
         return video, batch.start_frames
 

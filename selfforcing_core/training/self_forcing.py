@@ -63,7 +63,8 @@ def new_training_cache(model: CausalWanModel, settings: CausalSettings, batch: i
                        total_frames: int) -> KVCache:
     """A cache laid out as the sampler lays it out for a video of `total_frames` latent frames."""
     max_frames = None if settings.local_window is not None else total_frames
-    return model.new_cache(batch, height, width, max_frames, settings.local_window, settings.sink_frames)
+    return model.new_cache(batch, height, width, max_frames, settings.local_window, settings.sink_frames,
+                           settings.rebase_sink)
 
 
 def write_prefix(model: CausalWanModel, cache: KVCache, prefix: torch.Tensor, settings: CausalSettings) -> None:
