@@ -13,13 +13,21 @@ TEXT_ENCODER_FOLDERS = ("text_encoders",)
 EXTENSIONS = {".safetensors", ".sft", ".pt", ".pth", ".ckpt", ".bin"}
 
 
+BUNDLED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+BUNDLED_FOLDERS = ("self_forcing", "vae", "text_encoders")
+
+
 def register_folders() -> None:
-    """Add `models/self_forcing` to ComfyUI's folders (keeping paths an extra_model_paths.yaml set)."""
+    """Add `models/self_forcing` to ComfyUI's folders (keeping paths an extra_model_paths.yaml set), and
+    the pack's own `models/` (the bundled world model) to the transformer, VAE and text-encoder lists."""
     default = os.path.join(folder_paths.models_dir, "self_forcing")
-    paths, extensions = folder_paths.folder_names_and_paths.get("self_forcing", ([], set()))
-    if default not in paths:
-        paths = [*paths, default]
-    folder_paths.folder_names_and_paths["self_forcing"] = (paths, set(extensions) | EXTENSIONS)
+    for folder in BUNDLED_FOLDERS:
+        paths, extensions = folder_paths.folder_names_and_paths.get(folder, ([], set()))
+        wanted = [default] if folder == "self_forcing" else []
+        if os.path.isdir(BUNDLED_DIR):
+            wanted.append(BUNDLED_DIR)
+        paths = [*paths, *(path for path in wanted if path not in paths)]
+        folder_paths.folder_names_and_paths[folder] = (paths, set(extensions) | EXTENSIONS)
 
 
 def list_files(folders: tuple[str, ...]) -> list[str]:

@@ -117,3 +117,12 @@ def test_prompt_schedule_changes_the_prompt_mid_video(comfy_server: ComfyServer,
     switch = 6  # 1.5 s = frame 24, which lies in latent frame 6: the first chunk of the second prompt
     assert torch.equal(two[:, :, :switch], one[:, :, :switch])
     assert (two[:, :, switch:] - one[:, :, switch:]).abs().mean(dim=(0, 1, 3, 4)).gt(1e-3).all()
+
+
+def test_bundled_world_model_runs_from_the_packs_own_folder(comfy_server: ComfyServer, comfy: ComfyClient) -> None:
+    listed = comfy.object_info()["SelfForcingModelLoader"]["input"]["required"]["model_name"]
+    assert "world_causal.safetensors" in str(listed)
+    entry = comfy.wait(comfy.queue(workflows.bundled_model_video(length=17)))
+    assert entry["finished"]["type"] == "execution_success"
+    info = read_video(str(output_file(comfy_server, entry)))
+    assert (info.width, info.height, info.frame_count) == (128, 128, 17)

@@ -53,3 +53,13 @@ def with_saved_latent(prompt: dict[str, Any], prefix: str) -> dict[str, Any]:
     """Also save the sampler's LATENT (ComfyUI's SaveLatent: a safetensors `.latent` file)."""
     prompt["20"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": prefix}}
     return prompt
+
+
+def bundled_model_video(length: float = 17, prefix: str = "e2e/bundled") -> dict[str, Any]:
+    """The bundled world model (the pack's own models/ folder, listed without copying) at 128x128 on CPU."""
+    prompt = _base(128, 128, length, 0, prefix)
+    prompt["1"]["inputs"]["model_name"] = "world_causal.safetensors"
+    prompt["2"]["inputs"]["text_encoder_name"] = "world_text_encoder.safetensors"
+    prompt["3"]["inputs"]["text"] = "a red circle moves right across a blue background"
+    prompt["4"] = {"class_type": "SelfForcingVAELoader", "inputs": {"vae_name": "world_vae.safetensors", "dtype": "float32"}}
+    return prompt
