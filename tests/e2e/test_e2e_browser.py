@@ -68,6 +68,7 @@ def test_widget_draws_frames_before_the_prompt_finishes(page, tiny_models: dict[
         const finished = new Promise((resolve) => {
             for (const type of ["execution_success", "execution_error", "execution_interrupted"])
                 api.addEventListener(type, () => { times.done ??= performance.now(); resolve(type); });
+            setTimeout(() => resolve("no outcome within 240 s"), 240000);
         });
         await app.queuePrompt(0, 1);
         const outcome = await finished;
