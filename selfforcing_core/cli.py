@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from .generation_cli import add_arguments as add_generate_arguments
-from .generation_cli import run as run_generate
 from .training.distill_cli import STAGES as DISTILLATION_STAGES
 from .training.distill_cli import add_distillation_stages, run_distillation_stage
 
@@ -82,12 +80,19 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     add_distillation_stages(stages)
 
 
+def generation_cli():
+    """The generate command's module, imported on use: it needs imageio-ffmpeg, training does not."""
+    from . import generation_cli as module
+
+    return module
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m selfforcing_core",
                                      description="Self-Forcing video generation: core library commands")
     commands = parser.add_subparsers(dest="command", required=True)
     generate = commands.add_parser("generate", help="stream a video to an mp4/webm file (bundled model by default)")
-    add_generate_arguments(generate)
+    generation_cli().add_arguments(generate)
     add_train_commands(commands)
     return parser
 
@@ -130,7 +135,7 @@ def run_train(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "generate":
-        run_generate(args)
+        generation_cli().run(args)
         return 0
     if args.command == "train":
         return run_train(args)
