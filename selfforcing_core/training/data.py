@@ -121,6 +121,33 @@ class LatentBank:
 
 
 @torch.no_grad()
+def encode_scenes(
+    vae: WanVAE,
+    scenes: list,
+    batch_size: int,
+    dtype: torch.dtype,
+    max_seconds: float | None = None,
+    end_frames: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Render and encode scenes batch by batch, stopping early after `max_seconds`.
+
+    Returns the latents, the latents of each clip's last frame alone (when `end_frames`), and how
+    many scenes were encoded.
+    """
+    began = time.monotonic()
+    latents, ends, done = [], [], 0
+    for first in range(0, len(scenes), batch_size):
+        part = scenes[first : first + batch_size]
+        video = render_scenes(part, vae.device, vae.dtype).transpose(1, 2)
+        latents.append(vae.encode(video).to(dtype))
+        if end_frames:
+            ends.append(vae.encode(video[:, :, -1:]).to(dtype))
+        done += len(part)
+        if max_seconds is not None and time.monotonic() - began > max_seconds:
+            break
+    return torch.cat(latents), torch.cat(ends) if end_frames else None, done
+
+
 def build_latent_bank(
     vae: WanVAE,
     tokens: CaptionTokens,
@@ -135,15 +162,8 @@ def build_latent_bank(
     """Encode clips 0..count-1 of stream `seed` (stopping early after `max_seconds`) into a bank."""
     began = time.monotonic()
     scenes = sample_scenes_parallel(seed, range(count), config, workers)
-    latents, done = [], 0
-    for first in range(0, count, batch_size):
-        part = scenes[first : first + batch_size]
-        video = render_scenes(part, vae.device, vae.dtype).transpose(1, 2)
-        latents.append(vae.encode(video).to(dtype))
-        done += len(part)
-        if max_seconds is not None and time.monotonic() - began > max_seconds:
-            break
+    remaining = None if max_seconds is None else max_seconds - (time.monotonic() - began)
+    latents, _, done = encode_scenes(vae, scenes, batch_size, dtype, remaining)
     captions = [scene.caption for scene in scenes[:done]]
     ids, mask = tokens(captions)
-    device = latents[0].device
-    return LatentBank(torch.cat(latents), ids.to(device), mask.to(device), captions)
+    return LatentBank(latents, ids.to(latents.device), mask.to(latents.device), captions)

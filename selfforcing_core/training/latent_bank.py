@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..wan_vae import WanVAE
-from .data import CaptionTokens, sample_scenes_parallel
-from .world_render import render_scenes
+from .data import CaptionTokens, encode_scenes, sample_scenes_parallel
 from .world_scene import WorldConfig
 
 
@@ -71,16 +70,8 @@ def build_clip_bank(
     """Encode clips 0..count-1 of world stream `seed` (stopping early after `max_seconds`)."""
     began = time.monotonic()
     scenes = sample_scenes_parallel(seed, range(count), config, workers)
-    latents, ends, done = [], [], 0
-    for first in range(0, count, batch_size):
-        part = scenes[first:first + batch_size]
-        video = render_scenes(part, vae.device, vae.dtype).transpose(1, 2)
-        latents.append(vae.encode(video).half())
-        ends.append(vae.encode(video[:, :, -1:]).half())
-        done += len(part)
-        if max_seconds is not None and time.monotonic() - began > max_seconds:
-            break
-    ids, mask = tokens([scene.caption for scene in scenes[:done]])
-    device = latents[0].device
-    return ClipBank(torch.cat(latents), torch.cat(ends), ids.to(device), mask.to(device),
-                    [scene.caption for scene in scenes[:done]])
+    remaining = None if max_seconds is None else max_seconds - (time.monotonic() - began)
+    latents, ends, done = encode_scenes(vae, scenes, batch_size, torch.float16, remaining, end_frames=True)
+    captions = [scene.caption for scene in scenes[:done]]
+    ids, mask = tokens(captions)
+    return ClipBank(latents, ends, ids.to(latents.device), mask.to(latents.device), captions)
