@@ -49,6 +49,11 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     vae.add_argument("--init", help="start from this exported VAE's weights (continue training in a new run)")
     vae.add_argument("--eval-clips", type=int, default=64, help="held-out clips for the PSNR")
     vae.add_argument("--workers", type=int, default=0, help="processes sampling world scenes ahead (0: inline)")
+    vae.add_argument("--bank-clips", type=int, default=0,
+                     help="keep this many clips on the device and sample batches from them (0: render each step's)")
+    vae.add_argument("--bank-refresh-every", type=int, default=16,
+                     help="steps between bank refreshes (64 new clips each)")
+    vae.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder")
 
     teacher = stages.add_parser("teacher", help="train the bidirectional DiT + text encoder on VAE latents")
     _common(teacher, lr=5e-4, ema=0.999, minutes=5.0)
@@ -63,6 +68,7 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     teacher.add_argument("--eval-clips", type=int, default=200, help="held-out captions scored at the end (0: none)")
     teacher.add_argument("--eval-steps", type=int, default=30)
     teacher.add_argument("--guidance", type=float, default=5.0)
+    teacher.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
 
     sample = stages.add_parser("sample", help="videos from the exported teacher (held-out or given captions)")
     sample.add_argument("--out", required=True, help="folder for the mp4 files")
@@ -115,13 +121,14 @@ def run_train(args: argparse.Namespace) -> int:
         stages.run_vae_stage(stages.VAEStage(
             out=args.out, size=args.size, resolution=args.resolution, frames=args.frames, batch=args.batch,
             crop=args.crop, init=args.init, train=_train_options(args, 2.5), eval_clips=args.eval_clips,
-            workers=args.workers, precision=args.precision, cpu=args.cpu))
+            workers=args.workers, bank_clips=args.bank_clips, bank_refresh_every=args.bank_refresh_every,
+            compile=args.compile, precision=args.precision, cpu=args.cpu))
     elif args.stage == "teacher":
         stages.run_teacher_stage(stages.TeacherStage(
             out=args.out, vae=args.vae, size=args.size, resolution=args.resolution, frames=args.frames,
             batch=args.batch, bank_clips=args.bank_clips, bank_minutes=args.bank_minutes, workers=args.workers,
             shift=args.shift, text_dropout=args.text_dropout, train=_train_options(args, 5.0),
-            eval_clips=args.eval_clips, eval_steps=args.eval_steps, guidance=args.guidance,
+            eval_clips=args.eval_clips, eval_steps=args.eval_steps, guidance=args.guidance, compile=args.compile,
             precision=args.precision, cpu=args.cpu))
     else:
         stages.setup_logging(args.out, "sample")

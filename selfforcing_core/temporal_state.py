@@ -36,3 +36,14 @@ class TemporalState:
 
     def __len__(self) -> int:
         return len(self._memory)
+
+
+class OnePass(TemporalState):
+    """A state for a single pass over a whole video from its start (training): it keeps nothing.
+
+    Every layer runs once per pass, so nothing it would store is ever read back; skipping the
+    copies saves memory and lets torch.compile trace the pass without side effects.
+    """
+
+    def keep(self, layer: nn.Module, value: Any) -> None:
+        """Drop the value: no later chunk follows a one-pass video."""

@@ -141,8 +141,13 @@ class DiTBlock(nn.Module):
         self._compiled: tuple | None = None
 
     def compile_parts(self, **options) -> None:
-        """Compile the fixed-shape parts of the block with torch.compile."""
-        self._compiled = (torch.compile(self._attention_inputs, **options), torch.compile(self._finish, **options))
+        """Compile the fixed-shape parts of the block with torch.compile.
+
+        The plain functions are compiled, not this block's bound methods, so a deep copy of a compiled
+        model (an EMA, an export) computes with its own weights.
+        """
+        self._compiled = (torch.compile(DiTBlock._attention_inputs, **options),
+                          torch.compile(DiTBlock._finish, **options))
 
     def _attention_inputs(self, x, mod, cos, sin):
         shift, scale = mod[:, :, 0:1], mod[:, :, 1:2]
@@ -162,13 +167,13 @@ class DiTBlock(nn.Module):
         ctx: ForwardContext,
         layer: int,
     ) -> torch.Tensor:
-        inputs_fn, finish_fn = self._compiled or (self._attention_inputs, self._finish)
+        inputs_fn, finish_fn = self._compiled or (DiTBlock._attention_inputs, DiTBlock._finish)
         mod = self.modulation.unsqueeze(1) + e
-        q, k, v, raw_k = inputs_fn(x, mod, ctx.cos, ctx.sin)
+        q, k, v, raw_k = inputs_fn(self, x, mod, ctx.cos, ctx.sin)
         if ctx.cache is not None:
             k, v = ctx.cache.write(layer, ctx.start_frame, k, v, raw_k)
         attended = attend(q, k, v, ctx.mask, ctx.backend)
-        return finish_fn(x, attended, mod, text_kv[0], text_kv[1], ctx.backend)
+        return finish_fn(self, x, attended, mod, text_kv[0], text_kv[1], ctx.backend)
 
 
 class Head(nn.Module):

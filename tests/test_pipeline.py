@@ -1,6 +1,8 @@
 """The pipeline: prompts and keyframes in, decoded chunks out; sizes, schedules and end frames."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -116,3 +118,18 @@ def test_compiled_blocks_give_the_same_outputs(model):
     model.compile_blocks(backend="eager")
     compiled = VideoPipeline(model, SETTINGS).generate(_request(num_frames=9))[0]
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-12)
+
+
+def test_a_copy_of_a_compiled_model_computes_with_its_own_weights(model):
+    compiled = copy.deepcopy(model).compile_blocks(backend="eager")
+    duplicate = copy.deepcopy(compiled)
+    with torch.no_grad():
+        for parameter in duplicate.parameters():
+            parameter.mul_(0.5)
+    halved = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in halved.parameters():
+            parameter.mul_(0.5)
+    expected = VideoPipeline(halved, SETTINGS).generate(_request(num_frames=5))[0]
+    torch.testing.assert_close(VideoPipeline(duplicate, SETTINGS).generate(_request(num_frames=5))[0], expected,
+                               rtol=0, atol=1e-12)

@@ -22,7 +22,8 @@ def test_help(argv, capsys):
 def test_toy_pipeline_end_to_end(tmp_path):
     vae_dir, teacher_dir, sample_dir = (str(tmp_path / name) for name in ("vae", "teacher", "samples"))
     small = ["--size", "toy", "--resolution", "32", "--frames", "5", "--batch", "2", "--steps", "2", "--log-every", "1"]
-    assert main(["train", "vae", "--out", vae_dir, *small, "--crop", "32", "--eval-clips", "2"]) == 0
+    assert main(["train", "vae", "--out", vae_dir, *small, "--crop", "32", "--eval-clips", "2", "--bank-clips", "4",
+                 "--bank-refresh-every", "1"]) == 0
     vae_metrics = json.load(open(os.path.join(vae_dir, "vae_metrics.json")))
     assert vae_metrics["steps"] == 2 and vae_metrics["truth/colour_accuracy"] == 1.0
     vae_file = os.path.join(vae_dir, VAE_FILE)

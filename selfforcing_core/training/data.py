@@ -38,6 +38,54 @@ def random_crop(video: torch.Tensor, size: int, generator: torch.Generator) -> t
     return video[..., top : top + size, left : left + size]
 
 
+class ClipBank:
+    """A sliding window of the stream's world clips, rendered in bulk and kept as uint8 on the device.
+
+    Rendering a few clips per step is dozens of small kernels that leave a small model's training
+    step waiting; rendering `refresh` clips at once every few steps costs a fraction of that. The bank
+    after `r` refreshes holds clips [r * refresh, r * refresh + size) of stream `seed` (clip i in slot
+    i mod size), so a resumed run rebuilds exactly the bank it left.
+    """
+
+    def __init__(self, seed: int, size: int, config: WorldConfig, device: torch.device | str,
+                 refresh: int = 64, render_batch: int = 64):
+        if size < 1 or refresh < 1:
+            raise ValueError(f"a clip bank needs size >= 1 and refresh >= 1, got {size} and {refresh}")
+        self.seed, self.size, self.config, self.refresh = seed, size, config, min(refresh, size)
+        self.render_batch = render_batch
+        self.clips = torch.empty((size, 3, config.num_frames, config.height, config.width), dtype=torch.uint8,
+                                 device=device)
+        self.refreshes = 0
+        self._render(range(size))
+
+    def seek(self, refreshes: int) -> None:
+        """Hold what the bank holds after `refreshes` refreshes: one step on replaces the `refresh`
+        oldest clips with the stream's next ones; any other jump (a resume) re-renders the bank."""
+        if refreshes == self.refreshes:
+            return
+        first = refreshes * self.refresh
+        indices = range(first + self.size - self.refresh, first + self.size)
+        if refreshes != self.refreshes + 1:
+            indices = range(first, first + self.size)
+        self.refreshes = refreshes
+        self._render(indices)
+
+    def sample(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """`batch` random clips as video [B, 3, T, H, W] in [-1, 1], each flipped left-right at random."""
+        device = generator.device
+        index = torch.randint(self.size, (batch,), generator=generator, device=device).to(self.clips.device)
+        flip = (torch.rand(batch, generator=generator, device=device) < 0.5).to(self.clips.device)
+        video = self.clips[index].float().div_(127.5).sub_(1.0)
+        return torch.where(flip.view(-1, 1, 1, 1, 1), video.flip(-1), video)
+
+    def _render(self, indices: range) -> None:
+        for first in range(indices.start, indices.stop, self.render_batch):
+            part = range(first, min(indices.stop, first + self.render_batch))
+            video, _ = world_clips(self.seed, part, self.config, self.clips.device)
+            slots = torch.arange(part.start, part.stop, device=self.clips.device) % self.size
+            self.clips[slots] = video.add(1.0).mul_(127.5).round_().to(torch.uint8)
+
+
 def _scene_chunk(args: tuple[int, range, WorldConfig]) -> list[SceneParams]:
     return sample_scenes(*args)
 

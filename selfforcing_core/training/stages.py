@@ -18,7 +18,7 @@ from ..checkpoint import load_transformer
 from ..text_encoder_loading import load_text_encoder
 from ..vae_loading import load_wan_vae
 from ..wan_vae import WanVAE
-from .data import CaptionTokens, ScenePrefetcher, build_latent_bank, random_crop, world_clips
+from .data import CaptionTokens, ClipBank, ScenePrefetcher, build_latent_bank, random_crop, world_clips
 from .evaluation import HELD_OUT_SEED, evaluate_teacher, evaluate_vae, generate_videos
 from .model_sizes import PRESETS
 from .teacher_training import build_teacher, export_teacher, flow_matching_loss
@@ -60,6 +60,9 @@ class VAEStage:
     eval_clips: int = 64
     stats_clips: int = 128
     workers: int = 0
+    bank_clips: int = 0
+    bank_refresh_every: int = 16
+    compile: bool = False
     precision: str = "auto"
     cpu: bool = False
 
@@ -83,6 +86,7 @@ class TeacherStage:
     eval_clips: int = 200
     eval_steps: int = 30
     guidance: float = 5.0
+    compile: bool = False
     precision: str = "auto"
     cpu: bool = False
 
@@ -130,6 +134,45 @@ def write_sample_video(path: str, videos: torch.Tensor, fps: int, columns: int =
     return True
 
 
+class _RenderedClips:
+    """Each step's own clips of the training stream, rendered on the device (scenes sampled ahead)."""
+
+    def __init__(self, stage: VAEStage, config: WorldConfig, accelerator):
+        self.device = accelerator.device
+        self.scenes = ScenePrefetcher(VAE_TRAIN_SEED, stage.batch, config, accelerator.num_processes,
+                                      accelerator.process_index, stage.workers)
+
+    def __call__(self, step: int, generator: torch.Generator) -> torch.Tensor:
+        return render_scenes(self.scenes.scenes(step), self.device).transpose(1, 2)
+
+    def close(self) -> None:
+        self.scenes.close()
+
+
+class _BankClips:
+    """Random clips of a `ClipBank` that moves on every `bank_refresh_every` steps (one stream per rank)."""
+
+    def __init__(self, stage: VAEStage, config: WorldConfig, accelerator):
+        self.batch, self.every = stage.batch, stage.bank_refresh_every
+        self.bank = ClipBank(VAE_TRAIN_SEED + 1000 * accelerator.process_index, stage.bank_clips, config,
+                             accelerator.device)
+
+    def __call__(self, step: int, generator: torch.Generator) -> torch.Tensor:
+        self.bank.seek(step // self.every)
+        return self.bank.sample(self.batch, generator)
+
+    def close(self) -> None:
+        """Free the bank's device memory before the evaluation."""
+        del self.bank
+
+
+def vae_clip_source(stage: VAEStage, config: WorldConfig, accelerator) -> _RenderedClips | _BankClips:
+    """Where the VAE's training clips come from: a device-resident bank, or rendered per step (`bank_clips` 0)."""
+    if stage.bank_clips:
+        return _BankClips(stage, config, accelerator)
+    return _RenderedClips(stage, config, accelerator)
+
+
 def run_vae_stage(stage: VAEStage) -> dict[str, float]:
     """Train the VAE, fit its latent statistics, export it and measure held-out PSNR on the export."""
     setup_logging(stage.out, "vae")
@@ -140,19 +183,20 @@ def run_vae_stage(stage: VAEStage) -> dict[str, float]:
     else:
         vae = WanVAE(PRESETS[stage.size].vae)
         init_posterior(vae)
+    if stage.compile:
+        vae.encoder.compile()
+        vae.decoder.compile()
     autoencoder = VAEAutoencoder(vae)
     trainer = Trainer(autoencoder, stage.train, accelerator, os.path.join(stage.out, "vae_state"))
     trainer.resume()
-    scenes = ScenePrefetcher(VAE_TRAIN_SEED, stage.batch, config, accelerator.num_processes,
-                             accelerator.process_index, stage.workers)
+    clips = vae_clip_source(stage, config, accelerator)
 
     def loss_fn(model, generator: torch.Generator, step: int) -> torch.Tensor:
-        video = random_crop(render_scenes(scenes.scenes(step), accelerator.device).transpose(1, 2), stage.crop,
-                            generator)
+        video = random_crop(clips(step, generator), stage.crop, generator)
         return vae_loss(model, video, generator, VAELossWeights())[0]
 
     trainer.run(loss_fn, "vae")
-    scenes.close()
+    clips.close()
     if not accelerator.is_main_process:
         return {}
     vae = copy.deepcopy(trainer.unwrapped.vae).float().eval()
@@ -193,6 +237,8 @@ def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
     log.info("latent bank: %d clips %s in %.1fs (latent std %.3f)", len(bank), tuple(bank.latents.shape[1:]),
              time.monotonic() - began, float(bank.latents.std()))
     teacher = build_teacher(sizes.dit, sizes.text, stage.train.seed)
+    if stage.compile:
+        teacher.dit.compile_blocks()
     trainer = Trainer(teacher, stage.train, accelerator, os.path.join(stage.out, "teacher_state"))
     trainer.resume()
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from ..temporal_state import TemporalState
+from ..temporal_state import OnePass
 from ..wan_vae import WAN21_LATENT_MEAN, WAN21_LATENT_STD, WanVAE
 from .evaluator_metrics import psnr
 
@@ -40,14 +40,14 @@ def init_posterior(vae: WanVAE, log_variance: float = -8.0) -> None:
 
 def vae_moments(vae: WanVAE, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Un-normalised posterior mean and log-variance [B, z_dim, T', h, w] of `video`, with gradients."""
-    moments = vae.conv1(vae.encoder(video, TemporalState()))
+    moments = vae.conv1(vae.encoder(video, OnePass()))
     mu, logvar = moments.chunk(2, dim=1)
     return mu, logvar.clamp(*_LOGVAR_RANGE)
 
 
 def vae_reconstruct(vae: WanVAE, z: torch.Tensor) -> torch.Tensor:
     """Frames decoded from un-normalised latents z, with gradients."""
-    return vae.decoder(vae.conv2(z), TemporalState())
+    return vae.decoder(vae.conv2(z), OnePass())
 
 
 class VAEAutoencoder(nn.Module):

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Training I on one GPU, detached from the shell that starts it: the world VAE, then the teacher
+# (DiT + text encoder) on its latents, then, with SELF_FORCING=1, Training II on the result
+# (benchmarks/self_forcing_device.sh with these three models).
+#   bash benchmarks/training_i_device.sh start WORK     # returns at once; the stages log to WORK/*.out
+#   bash benchmarks/training_i_device.sh collect WORK OUT   # progress, and the finished files copied to OUT
+# A stage that fails with --compile is run again without it (it resumes from its saved state).
+# Defaults: VAE 12 min (batch 8, 4096-clip bank), teacher 10 min (batch 128), both compiled.
+set -u
+MODE=${1:?usage: training_i_device.sh start|collect WORK [OUT]}
+WORK=${2:?usage: training_i_device.sh start|collect WORK [OUT]}
+TRAIN="python3 -m selfforcing_core train"
+
+stages() {
+  export PYTHONUNBUFFERED=1
+  local began; began=$(date +%s)
+  stamp() { echo "[$(( $(date +%s) - began ))s] $*"; }
+  attempt() {  # log name, then the train arguments; a failed --compile run is tried again without it
+    local name=$1; shift
+    stamp "$name"
+    $TRAIN "$@" >"$WORK/$name.out" 2>&1 && return 0
+    case " $* " in *" --compile "*) ;; *) return 1 ;; esac
+    stamp "$name failed with --compile, again without"; tail -n 20 "$WORK/$name.out"
+    local args=() arg
+    for arg in "$@"; do [ "$arg" = --compile ] || args+=("$arg"); done
+    $TRAIN "${args[@]}" >>"$WORK/$name.out" 2>&1
+  }
+  # VAE_ARGS / TEACHER_ARGS replace the budgets and sizes (e.g. "--size toy --resolution 32 --steps 2" to try it).
+  attempt vae vae --out "$WORK/vae" ${VAE_ARGS:---minutes 12 --batch 8 --bank-clips 4096 --eval-clips 64 --compile} \
+    || { stamp "vae failed"; return 1; }
+  attempt teacher teacher --vae "$WORK/vae/world_vae.safetensors" --out "$WORK/teacher" \
+    ${TEACHER_ARGS:---minutes 10 --batch 128 --lr 6e-4 --bank-minutes 1.0 --workers 12 --compile} \
+    || { stamp "teacher failed"; return 1; }
+  if [ "${SELF_FORCING:-0}" = 1 ]; then
+    mkdir -p "$WORK/models"
+    cp "$WORK/vae/world_vae.safetensors" "$WORK/teacher/world_teacher.safetensors" \
+      "$WORK/teacher/world_text_encoder.safetensors" "$WORK/models/"
+    stamp "self forcing"
+    MODELS="$WORK/models" WORK="$WORK/sf" bash benchmarks/self_forcing_device.sh "$WORK/sf_out" >"$WORK/sf.out" 2>&1
+  fi
+  stamp done
+}
+
+case "$MODE" in
+  start)
+    mkdir -p "$WORK"
+    export -f stages
+    export WORK TRAIN VAE_ARGS TEACHER_ARGS SELF_FORCING
+    setsid bash -c stages >"$WORK/stages.out" 2>&1 < /dev/null &
+    echo "started; logs in $WORK"
+    ;;
+  collect)
+    OUT=${3:?usage: training_i_device.sh collect WORK OUT}
+    cat "$WORK/stages.out" 2>/dev/null
+    for log in "$WORK"/vae/vae.log "$WORK"/teacher/teacher.log; do
+      [ -f "$log" ] && { echo "== $log"; grep -v "^\s*$" "$log" | tail -n 4; }
+    done
+    nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    for file in vae/world_vae.safetensors teacher/world_teacher.safetensors teacher/world_text_encoder.safetensors \
+                sf_out/world_causal.safetensors; do
+      [ -f "$WORK/$file" ] && cp "$WORK/$file" "$OUT/"
+    done
+    tar -czf "$OUT/logs.tgz" -C "$WORK" --exclude='*.safetensors' --exclude='*.npz' --exclude='*_state*' . 2>/dev/null
+    ls -la "$OUT"
+    ;;
+  *) echo "unknown mode $MODE"; exit 2 ;;
+esac
