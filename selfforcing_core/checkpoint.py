@@ -16,12 +16,15 @@ import torch
 
 from .config import PRESETS, CausalSettings, WanConfig
 from .families import Family, detect_family
+from .file_kinds import FileKind, identify, wrong_file
 from .transformer import CausalWanModel
 from .weights_io import CheckpointError, dequantize, read_safetensors_metadata, read_weights, strip_prefix
 
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.", "_orig_mod.")
 _WRAPPERS = ("generator_ema", "generator", "state_dict", "model")
 HEAD_DIM = 128  # every released Wan2.1 size uses 128-channel heads; our own files state theirs
+_EXPECTED = ("expected a causal Wan2.1 text-to-video diffusion model (e.g. self_forcing_dmd.pt or a ComfyUI-format "
+             "Wan2.1 T2V safetensors, with keys like 'patch_embedding.weight', 'blocks.0.self_attn.q.weight')")
 
 
 @dataclass
@@ -34,36 +37,6 @@ class LoadedTransformer:
     settings: CausalSettings
     path: str
     metadata: dict[str, str]
-
-
-def classify(state_dict: Mapping[str, Any]) -> str:
-    """What a state dict holds: 'wan_t2v', 'wan_i2v', 'vae', 'text_encoder', 'diffusers_wan' or 'unknown'."""
-    keys = set(state_dict)
-    if "patch_embedding.weight" in keys:
-        image_keys = any(k.startswith("img_emb.") or ".k_img." in k for k in keys)
-        in_dim = state_dict["patch_embedding.weight"].shape[1]
-        return "wan_i2v" if image_keys or in_dim == 36 else "wan_t2v"
-    if any(k.startswith(("condition_embedder.", "proj_out.")) for k in keys):
-        return "diffusers_wan"
-    if any(k.startswith(("encoder.conv1", "decoder.conv1", "conv1.", "encoder.downsamples", "decoder.upsamples"))
-           for k in keys):
-        return "vae"
-    if any(k.startswith(("encoder.block.", "shared.", "token_embedding.", "encoder.embed_tokens"))
-           or re.match(r"blocks\.\d+\.attn\.q\.weight", k) for k in keys):
-        return "text_encoder"
-    return "unknown"
-
-
-_WRONG_KIND = {
-    "vae": "this is a VAE file; load it with the VAE loader, and pick a Wan2.1 T2V diffusion model here",
-    "text_encoder": "this is a text-encoder (umT5) file; load it with the text encoder, and pick a Wan2.1 "
-                    "T2V diffusion model here",
-    "wan_i2v": "this is an image-to-video (I2V/FLF2V) Wan model; this pack runs causal text-to-video models "
-               "(start/end frames are handled by the keyframe nodes)",
-    "diffusers_wan": "this is a diffusers-layout Wan transformer; use the original or ComfyUI-format file",
-    "unknown": "no Wan2.1 diffusion-transformer keys found (expected e.g. 'patch_embedding.weight', "
-               "'blocks.0.self_attn.q.weight')",
-}
 
 
 def _unwrap(raw: Mapping[str, Any], use_ema: bool) -> Mapping[str, Any]:
@@ -146,9 +119,8 @@ def load_transformer(
     """Load a causal Wan transformer from any supported file, ready for the streaming sampler."""
     path = os.fspath(path)
     state, metadata = read_transformer_state(path, use_ema)
-    kind = classify(state)
-    if kind != "wan_t2v":
-        raise CheckpointError(path, _WRONG_KIND[kind])
+    if identify(state) is not FileKind.WAN_T2V:
+        raise CheckpointError(path, wrong_file(state, "a Wan2.1 text-to-video DiT", _EXPECTED))
     config = infer_config(state, metadata, path)
     with torch.device("meta"):
         model = CausalWanModel(config, attention_backend=attention_backend)

@@ -69,6 +69,8 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     teacher.add_argument("--eval-steps", type=int, default=30)
     teacher.add_argument("--guidance", type=float, default=5.0)
     teacher.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
+    teacher.add_argument("--init", help="start from the DiT and text encoder exported in this folder (a previous run's "
+                                        "--out), to continue training in a new run")
 
     sample = stages.add_parser("sample", help="videos from the exported teacher (held-out or given captions)")
     sample.add_argument("--out", required=True, help="folder for the mp4 files")
@@ -127,7 +129,7 @@ def run_train(args: argparse.Namespace) -> int:
         stages.run_teacher_stage(stages.TeacherStage(
             out=args.out, vae=args.vae, size=args.size, resolution=args.resolution, frames=args.frames,
             batch=args.batch, bank_clips=args.bank_clips, bank_minutes=args.bank_minutes, workers=args.workers,
-            shift=args.shift, text_dropout=args.text_dropout, train=_train_options(args, 5.0),
+            shift=args.shift, text_dropout=args.text_dropout, init=args.init, train=_train_options(args, 5.0),
             eval_clips=args.eval_clips, eval_steps=args.eval_steps, guidance=args.guidance, compile=args.compile,
             precision=args.precision, cpu=args.cpu))
     else:

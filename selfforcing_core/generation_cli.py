@@ -16,7 +16,6 @@ from .keyframes import encode_keyframe
 from .pipeline import GenerationRequest, PromptSegment, VideoPipeline
 from .text_encoder_loading import load_text_encoder
 from .vae_loading import load_video_decoder, load_wan_vae
-from .video_export import VideoWriter
 from .video_geometry import FPS, seconds_to_frames
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
@@ -90,6 +89,8 @@ def run(args: argparse.Namespace) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     pipeline = VideoPipeline(loaded.model, loaded.settings, decoder)
     began, first, frames = time.perf_counter(), None, 0
+    from .video_export import VideoWriter  # needs imageio-ffmpeg, which the training commands' parser must not
+
     with VideoWriter(args.out, fps=FPS) as writer:
         for chunk in pipeline.stream(request):
             first = first if first is not None else time.perf_counter() - began

@@ -19,6 +19,7 @@ from .noise import NoiseSource, SeededNoise
 from .sampler import StreamingSampler, plan_chunks
 from .transformer import CausalWanModel
 from .vae_stream import ChunkDecoder, StreamingDecoder
+from .video_collector import VideoCollector
 from .video_geometry import SPATIAL_FACTOR, check_size, latent_frame_of, latent_frames_for, video_frames_for
 
 
@@ -187,8 +188,8 @@ class VideoPipeline:
 
     def generate(self, request: GenerationRequest, interrupt: Callable[[], None] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run to the end: all latents [B, C, F, h, w] and, with a decoder, all frames [B, T, H, W, 3]."""
-        chunks = list(self.stream(request, interrupt))
-        latents = torch.cat([c.latents for c in chunks], dim=2)
-        frames = torch.cat([c.frames for c in chunks], dim=1) if self.decoder is not None else None
-        return latents, frames
+        """Run to the end: all latents [B, C, F, h, w] and, with a decoder, the request's frames [B, T, H, W, 3]."""
+        collected = VideoCollector(request.num_frames)
+        for chunk in self.stream(request, interrupt):
+            collected.add(chunk.latents, chunk.frames)
+        return collected.latents(), collected.frames()

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .file_kinds import FileKind, identify, wrong_file
 from .text_encoder import TextEncoder, UMT5Config, UMT5Encoder
 from .tokenizers import DEFAULT_TEXT_LEN, Tokenizer, find_tokenizer, load_tokenizer
 from .weights_io import CheckpointError, dequantize, read_weights, strip_prefix
@@ -69,7 +70,8 @@ class UMT5Checkpoint:
 def read_umt5_checkpoint(path: str | os.PathLike, dtype: torch.dtype = torch.bfloat16) -> UMT5Checkpoint:
     """Read a umT5 encoder file in any supported layout, cast (and fp8-dequantise) to `dtype`."""
     raw = read_weights(path)
-    _reject_foreign(path, raw)
+    if identify(raw) is not FileKind.UMT5:
+        raise CheckpointError(path, wrong_file(raw, "a umT5 text encoder", _EXPECTED))
     spiece = _pop_spiece(raw)
     for key in [key for key in raw if key.rsplit(".", 1)[-1] in _MARKER_KEYS]:
         del raw[key]
@@ -188,25 +190,6 @@ def _is_hf_layout(state_dict: Mapping[str, Any]) -> bool:
 
 def _count_layers(state_dict: Mapping[str, Any]) -> int:
     return len({int(match.group(1)) for key in state_dict if (match := re.match(r"blocks\.(\d+)\.", key))})
-
-
-def _reject_foreign(path: str | os.PathLike, state_dict: Mapping[str, Any]) -> None:
-    """Name what a file that is not a text encoder looks like, instead of a bare key error."""
-    sections = [key for key, value in state_dict.items() if isinstance(value, Mapping)]
-    if sections:
-        raise CheckpointError(
-            path, f"a training checkpoint with sections {sections} (e.g. a Self-Forcing DiT .pt); {_EXPECTED}"
-        )
-    keys = list(state_dict)
-    if any(key.endswith(("patch_embedding.weight", "self_attn.q.weight", "cross_attn.k.weight")) for key in keys):
-        kind = "a Wan diffusion transformer (DiT) checkpoint"
-    elif any(key.endswith(("decoder.conv1.weight", "encoder.conv1.weight")) or ".upsamples." in key for key in keys):
-        kind = "a Wan VAE checkpoint"
-    elif any(key.startswith(("first_stage_model.", "vae.")) for key in keys):
-        kind = "a VAE checkpoint"
-    else:
-        return
-    raise CheckpointError(path, f"this looks like {kind}, not a text encoder; {_EXPECTED}")
 
 
 def _sample(state_dict: Mapping[str, Any], count: int = 4) -> str:

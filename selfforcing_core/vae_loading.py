@@ -15,18 +15,13 @@ from typing import Any, Mapping
 
 import torch
 
+from .file_kinds import FileKind, identify, wrong_file
 from .preview_decoder import TAEHVDecoder
 from .wan_vae import WAN21_LATENT_MEAN, WanVAE, WanVAEConfig
 from .weights_io import FP8_DTYPES, CheckpointError, dequantize, read_weights, strip_prefix
 
-_WAN_VAE_MARKER = "decoder.middle.0.residual.0.gamma"
-_WAN22_VAE_MARKER = "decoder.upsamples.0.upsamples.0.residual.2.weight"
 _DIFFUSERS_MARKER = "decoder.mid_block.resnets.0.norm1.gamma"
-_TAEHV_MARKER = "decoder.3.conv.0.weight"
 _PREFIXES = ("first_stage_model.", "vae.", "model.")
-# Key patterns of the files most often picked by mistake: Wan DiTs (any prefix) and T5 / umT5 encoders.
-_DIT_KEYS = r"(^|\.)blocks\.\d+\.self_attn\.q\.weight$|(^|\.)patch_embedding\.weight$|(^|\.)head\.modulation$"
-_TEXT_ENCODER_KEYS = r"(^|\.)(token_embedding|shared)\.weight$|SelfAttention\.q\.weight$|blocks\.\d+\.attn\.q\.weight$"
 _EXPECTED = (
     "expected the Wan2.1 VAE (Wan2.1_VAE.pth, or ComfyUI's wan_2.1_vae.safetensors) "
     "or a TAEHV preview decoder (taew2_1)"
@@ -51,7 +46,7 @@ def load_video_decoder(
 ) -> WanVAE | TAEHVDecoder:
     """The Wan VAE or the TAEHV preview decoder in `path`, whichever the file holds."""
     state_dict = _read_flat(path)
-    if _looks_like_taehv(state_dict):
+    if identify(state_dict) is FileKind.TAEHV:
         return preview_decoder_from_state_dict(state_dict, dtype, device, source=path)
     return wan_vae_from_state_dict(state_dict, dtype=dtype, device=device, source=path)
 
@@ -82,11 +77,10 @@ def wan_vae_from_state_dict(
 ) -> WanVAE:
     """A WanVAE holding `state_dict`; `config` None infers it from the shapes."""
     state_dict = strip_prefix(state_dict, _PREFIXES)
+    if identify(state_dict) is not FileKind.WAN21_VAE:
+        raise CheckpointError(source, wrong_file(state_dict, "a Wan2.1 VAE", _EXPECTED))
     if _DIFFUSERS_MARKER in state_dict:
         state_dict = diffusers_to_original(state_dict)
-    if _WAN_VAE_MARKER not in state_dict or _WAN22_VAE_MARKER in state_dict:
-        raise CheckpointError(source, f"this looks like {describe_weights(state_dict)}, not a Wan2.1 VAE; "
-                                      f"{_EXPECTED}")
     config = config or infer_wan_vae_config(state_dict, source)
     return _build(WanVAE, config, state_dict, dtype, device, source)
 
@@ -103,9 +97,8 @@ def preview_decoder_from_state_dict(
     decoder_weights = {key: value for key, value in renamed.items() if key.startswith("decoder.")}
     if "decoder.0.weight" in decoder_weights:
         raise CheckpointError(source, "a TAEHV 'super' decoder (e.g. taew2_2_super) is not supported; use taew2_1")
-    if not _looks_like_taehv(decoder_weights):
-        raise CheckpointError(source, f"this looks like {describe_weights(state_dict)}, not a TAEHV decoder; "
-                                      f"{_EXPECTED}")
+    if identify(state_dict) is not FileKind.TAEHV:
+        raise CheckpointError(source, wrong_file(state_dict, "a TAEHV decoder", _EXPECTED))
     try:
         config = TAEHVDecoder.config_from_state_dict(decoder_weights)
     except KeyError as exc:
@@ -163,34 +156,11 @@ def diffusers_to_original(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
     return {_original_name(key, resnets_per_up_block): value for key, value in state_dict.items()}
 
 
-def describe_weights(state_dict: Mapping[str, Any]) -> str:
-    """A few words on what a state dict holds, for error messages about the wrong file."""
-    keys = list(state_dict)
-    joined = "\n".join(keys)
-    if any(key in state_dict for key in ("generator_ema", "generator", "critic")):
-        return "a Self-Forcing training checkpoint (a DiT)"
-    if re.search(_DIT_KEYS, joined, re.M):
-        return "a Wan DiT (diffusion transformer) checkpoint"
-    if re.search(_TEXT_ENCODER_KEYS, joined, re.M):
-        return "a T5 / umT5 text encoder"
-    if _WAN22_VAE_MARKER in state_dict:
-        return "a Wan2.2 VAE (48 latent channels)"
-    if _looks_like_taehv(state_dict):
-        return "a TAEHV preview decoder"
-    if _WAN_VAE_MARKER in state_dict:
-        return "a Wan2.1 VAE"
-    return f"an unrecognised file (first keys: {', '.join(keys[:3]) or 'none'})"
-
-
 def _read_flat(path: str | os.PathLike) -> dict[str, Any]:
     """The file's tensors, unwrapped from a 'state_dict' entry when the file nests them there."""
     state_dict = read_weights(path)
     nested = state_dict.get("state_dict")
     return dict(nested) if isinstance(nested, Mapping) else state_dict
-
-
-def _looks_like_taehv(state_dict: Mapping[str, Any]) -> bool:
-    return any(key.endswith(_TAEHV_MARKER) for key in state_dict)
 
 
 def _original_name(key: str, resnets_per_up_block: int) -> str:

@@ -1,4 +1,5 @@
-"""Video files from RGB frames: a streaming mp4 (H.264) / webm (VP9) writer and a small reader.
+"""Video files from RGB frames: streaming mp4 (H.264) / webm (VP9) writers (one file, or one per video
+of a batch) and a small reader.
 
 Frames are (T, H, W, 3) arrays or tensors, either uint8 or float in [0, 1]. Both codecs store
 yuv420p, which needs even sizes: an odd width or height is padded by one repeated edge pixel
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, Sequence, TypeVar
 
 import imageio_ffmpeg
 import numpy as np
@@ -30,7 +31,6 @@ FORMATS: dict[str, VideoFormat] = {
     "webm": VideoFormat("libvpx-vp9", 31, 63, ("-b:v", "0", "-deadline", "good", "-cpu-used", "4",
                                                "-row-mt", "1")),
 }
-
 
 def video_format(path: str, fmt: str | None = None) -> str:
     """The format name for `path` ("mp4" or "webm"), from `fmt` or else the file suffix."""
@@ -70,7 +70,29 @@ def pad_to_even(frames: np.ndarray) -> np.ndarray:
     return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
-class VideoWriter:
+_Self = TypeVar("_Self", bound="_FinishedOnExit")
+
+
+class _FinishedOnExit:
+    """As a context manager: `close()` when the block succeeds, `abort()` (no partial file) when it raises."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class VideoWriter(_FinishedOnExit):
     """Appends chunks of frames to an mp4/webm file as they arrive; only one chunk is held at a time.
 
     The first chunk fixes the frame size. Use as a context manager, or call `close()`; on an
@@ -129,14 +151,30 @@ class VideoWriter:
         if os.path.exists(self.path):
             os.remove(self.path)
 
-    def __enter__(self) -> "VideoWriter":
-        return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+class BatchVideoWriter(_FinishedOnExit):
+    """One streaming `VideoWriter` per video of a batch: chunks [B, T, H, W, 3] go to B files as they
+    arrive (video b to `paths[b]`), so a batch is never held whole either."""
+
+    def __init__(self, paths: Sequence[str], fps: float = 16.0, crf: int | None = None, fmt: str | None = None):
+        self.writers = [VideoWriter(path, fps=fps, crf=crf, fmt=fmt) for path in paths]
+
+    def write(self, frames: Any) -> None:
+        """Append a chunk of frames [B, T, H, W, 3], uint8 or float in [0, 1]."""
+        if len(frames) != len(self.writers):
+            raise ValueError(f"a chunk of {len(frames)} videos for {len(self.writers)} files")
+        for writer, video in zip(self.writers, frames):
+            writer.write(video)
+
+    def close(self) -> None:
+        """Finish every file."""
+        for writer in self.writers:
+            writer.close()
+
+    def abort(self) -> None:
+        """Stop encoding and remove every partial file."""
+        for writer in self.writers:
+            writer.abort()
 
 
 def write_video(path: str, frames: Any, fps: float = 16.0, crf: int | None = None, fmt: str | None = None) -> str:

@@ -115,14 +115,16 @@ def _fake(tmp_path, name, tensors):
 def test_vae_file_given_as_transformer(tmp_path):
     path = _fake(tmp_path, "wan_2.1_vae.safetensors", {"encoder.conv1.weight": torch.zeros(96, 3, 3, 3, 3),
                                                        "decoder.conv1.weight": torch.zeros(384, 16, 3, 3, 3)})
-    with pytest.raises(CheckpointError, match="wan_2.1_vae.safetensors: this is a VAE file"):
+    with pytest.raises(CheckpointError,
+                       match="wan_2.1_vae.safetensors: this looks like a Wan2.1 VAE, .*load it with the VAE loader"):
         load_transformer(path)
 
 
 def test_text_encoder_file_given_as_transformer(tmp_path):
     path = _fake(tmp_path, "umt5_xxl_fp16.safetensors",
                  {"encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(4, 4), "shared.weight": torch.zeros(8, 4)})
-    with pytest.raises(CheckpointError, match="umt5_xxl_fp16.safetensors: this is a text-encoder"):
+    with pytest.raises(CheckpointError,
+                       match="umt5_xxl_fp16.safetensors: this looks like a T5 / umT5 text encoder, .*text encoder loader"):
         load_transformer(path)
 
 

@@ -182,7 +182,7 @@ def test_vae_file_is_rejected_with_what_it_is(tmp_path):
         "decoder.conv1.weight": torch.zeros(4, 16, 3, 3, 3),
         "decoder.upsamples.0.residual.0.gamma": torch.zeros(4, 1, 1, 1),
     }, path)
-    with pytest.raises(CheckpointError, match=r"Wan VAE.*expected a umT5 text encoder"):
+    with pytest.raises(CheckpointError, match=r"Wan2.1 VAE.*expected a umT5 text encoder"):
         load_text_encoder(path)
 
 
@@ -196,7 +196,11 @@ def test_self_forcing_training_checkpoint_is_rejected(tmp_path):
 def test_unrelated_file_is_rejected(tmp_path):
     path = str(tmp_path / "other.safetensors")
     save_file({"conv.weight": torch.zeros(2, 2)}, path)
-    with pytest.raises(CheckpointError, match="no text encoder weights found .*'conv.weight'"):
+    with pytest.raises(CheckpointError, match=r"unrecognised weights \(first keys: 'conv.weight'\), not a umT5 text encoder"):
+        read_umt5_checkpoint(path)
+    save_file({"a.shared.weight": torch.zeros(8, 4), "b.encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(4, 4)},
+              path)
+    with pytest.raises(CheckpointError, match="no text encoder weights found .*'a.shared.weight'"):
         read_umt5_checkpoint(path)
 
 

@@ -3,11 +3,19 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
+import torch
 
+from selfforcing_core.checkpoint import load_transformer
 from selfforcing_core.cli import main
-from selfforcing_core.training.stages import DIT_FILE, TEXT_FILE, VAE_FILE
+from selfforcing_core.training.model_sizes import PRESETS
+from selfforcing_core.training.stages import DIT_FILE, TEXT_FILE, VAE_FILE, load_teacher_weights
+from selfforcing_core.training.teacher_training import build_teacher
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "vae", "--help"],
@@ -33,8 +41,24 @@ def test_toy_pipeline_end_to_end(tmp_path):
     assert metrics["steps"] == 2 and metrics["sample_steps"] == 3 and metrics["clips"] == 2
     assert 0.0 <= metrics["colour_accuracy"] <= 1.0
     assert os.path.isfile(os.path.join(teacher_dir, "teacher_state.safetensors"))
+    continued = build_teacher(PRESETS["toy"].dit, PRESETS["toy"].text, seed=5)
+    load_teacher_weights(continued, teacher_dir)
+    exported = load_transformer(os.path.join(teacher_dir, DIT_FILE), dtype=torch.float32).model.state_dict()
+    assert all(torch.equal(continued.dit.state_dict()[key], value) for key, value in exported.items())
+    assert main(["train", "teacher", "--vae", vae_file, "--out", str(tmp_path / "more"), *small, "--bank-clips", "4",
+                 "--eval-clips", "0", "--init", teacher_dir]) == 0
     assert main(["train", "sample", "--out", sample_dir, "--vae", vae_file, "--teacher",
                  os.path.join(teacher_dir, DIT_FILE), "--text-encoder", os.path.join(teacher_dir, TEXT_FILE),
                  "--prompt", "a red circle moves right on a gray background", "--resolution", "32", "--frames", "5",
                  "--steps", "2"]) == 0
     assert sorted(os.listdir(sample_dir)) == ["sample.log", "sample_00.mp4"]
+
+
+def test_training_commands_run_without_the_video_writer():
+    """Training machines may lack imageio-ffmpeg: parsing a train command must not import it."""
+    code = ("import sys; sys.modules['imageio_ffmpeg'] = None\n"
+            "from selfforcing_core.cli import build_parser\n"
+            "print(build_parser().parse_args(['train', 'vae', '--out', 'x']).stage)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "vae"

@@ -213,11 +213,12 @@ def _fake_dit() -> dict[str, torch.Tensor]:
 
 def test_dit_file_given_as_vae_is_refused(tmp_path):
     save_file(_fake_dit(), str(tmp_path / "wan2.1_t2v_1.3B.safetensors"))
-    with pytest.raises(CheckpointError, match=r"looks like a Wan DiT .*expected the Wan2.1 VAE"):
+    with pytest.raises(CheckpointError,
+                       match=r"looks like a Wan text-to-video diffusion transformer \(DiT\), .*expected the Wan2.1 VAE"):
         load_wan_vae(tmp_path / "wan2.1_t2v_1.3B.safetensors")
     comfy = {"model.diffusion_model." + key: value for key, value in _fake_dit().items()}
     save_file(comfy, str(tmp_path / "comfy_dit.safetensors"))
-    with pytest.raises(CheckpointError, match="Wan DiT"):
+    with pytest.raises(CheckpointError, match="diffusion transformer"):
         load_video_decoder(tmp_path / "comfy_dit.safetensors")
 
 

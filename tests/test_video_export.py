@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfforcing_core.video_export import VideoWriter, read_video, to_uint8_frames, write_video
+from selfforcing_core.video_export import BatchVideoWriter, VideoWriter, read_video, to_uint8_frames, write_video
 
 
 def gradient_frames(count: int, height: int, width: int, start: int = 0) -> np.ndarray:
@@ -109,3 +109,24 @@ def test_bad_arguments_say_what_is_wrong(tmp_path) -> None:
     with pytest.raises(ValueError, match="no frames were written"):
         writer.close()
     assert not (tmp_path / "empty.mp4").exists()
+
+
+def test_batch_writer_streams_each_video_to_its_own_file(tmp_path) -> None:
+    paths = [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")]
+    first, second = gradient_frames(7, 32, 48), gradient_frames(7, 32, 48, start=20)
+    with BatchVideoWriter(paths, fps=16, crf=10) as writer:
+        for start in (0, 4):
+            writer.write(np.stack([first[start:start + 4], second[start:start + 4]]))
+    infos = [read_video(path) for path in paths]
+    assert [info.frame_count for info in infos] == [7, 7]
+    assert mean_abs_error(infos[0].last_frame, first[-1:]) < 2.5
+    assert mean_abs_error(infos[1].first_frame, second[:1]) < 2.5
+
+
+def test_batch_writer_removes_every_file_on_error(tmp_path) -> None:
+    paths = [str(tmp_path / "a.mp4"), str(tmp_path / "b.mp4")]
+    with pytest.raises(ValueError, match="a chunk of 1 videos for 2 files"):
+        with BatchVideoWriter(paths) as writer:
+            writer.write(np.stack([gradient_frames(2, 32, 32)] * 2))
+            writer.write(gradient_frames(2, 32, 32)[None])
+    assert list(tmp_path.iterdir()) == []

@@ -21,7 +21,7 @@ from ..wan_vae import WanVAE
 from .data import CaptionTokens, ClipBank, ScenePrefetcher, build_latent_bank, random_crop, world_clips
 from .evaluation import HELD_OUT_SEED, evaluate_teacher, evaluate_vae, generate_videos
 from .model_sizes import PRESETS
-from .teacher_training import build_teacher, export_teacher, flow_matching_loss
+from .teacher_training import Teacher, build_teacher, export_teacher, flow_matching_loss
 from .trainer import TrainOptions, Trainer, make_accelerator
 from .vae_training import (
     VAEAutoencoder,
@@ -82,6 +82,7 @@ class TeacherStage:
     workers: int = 0
     shift: float = 3.0
     text_dropout: float = 0.1
+    init: str | None = None
     train: TrainOptions = field(default_factory=lambda: TrainOptions(lr=5e-4, minutes=5.0))
     eval_clips: int = 200
     eval_steps: int = 30
@@ -223,6 +224,15 @@ def run_vae_stage(stage: VAEStage) -> dict[str, float]:
     return metrics
 
 
+def load_teacher_weights(teacher: Teacher, folder: str) -> None:
+    """Start from a previous run's exported DiT and text encoder (`DIT_FILE`, `TEXT_FILE` in `folder`), so
+    training can go on over several sessions even where the full resumable state cannot be carried."""
+    dit = load_transformer(os.path.join(folder, DIT_FILE), dtype=torch.float32).model
+    text = load_text_encoder(os.path.join(folder, TEXT_FILE), dtype=torch.float32, text_len=dit.config.text_len)
+    teacher.dit.load_state_dict(dit.state_dict())
+    teacher.text.load_state_dict(text.encoder.state_dict())
+
+
 def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
     """Encode a latent bank with the trained VAE, train DiT + text encoder, export and evaluate."""
     setup_logging(stage.out, "teacher")
@@ -237,6 +247,8 @@ def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
     log.info("latent bank: %d clips %s in %.1fs (latent std %.3f)", len(bank), tuple(bank.latents.shape[1:]),
              time.monotonic() - began, float(bank.latents.std()))
     teacher = build_teacher(sizes.dit, sizes.text, stage.train.seed)
+    if stage.init:
+        load_teacher_weights(teacher, stage.init)
     if stage.compile:
         teacher.dit.compile_blocks()
     trainer = Trainer(teacher, stage.train, accelerator, os.path.join(stage.out, "teacher_state"))

@@ -15,6 +15,9 @@ import psutil
 from comfyui_setup import PACK_NAME, link_pack
 
 MODEL_FOLDERS = ("diffusion_models", "self_forcing", "vae", "text_encoders", "vae_approx")
+# glibc maps every allocation of 128 KiB or more (a tensor) on its own and unmaps it when freed, so the
+# server's resident memory follows the tensors it holds (by default freed memory is kept for reuse).
+RSS_FOLLOWS_TENSORS = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 # The frontend's settings for a returning user: no first-run template browser over the canvas.
 FRONTEND_SETTINGS = {"Comfy.TutorialCompleted": True}
 
@@ -55,7 +58,7 @@ class ComfyServer:
             "--base-directory", str(self.base_dir), "--database-url", "sqlite:///:memory:",
             "--disable-auto-launch", "--log-stdout",
         ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **RSS_FOLLOWS_TENSORS}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(command, cwd=self.comfyui_dir, stdout=log,
                                             stderr=subprocess.STDOUT, env=env)
@@ -91,6 +94,17 @@ class ComfyServer:
     def rss_bytes(self) -> int:
         """Resident memory of the server process."""
         return psutil.Process(self.process.pid).memory_info().rss
+
+    def reset_peak_rss(self) -> None:
+        """Start the server's peak resident memory (VmHWM) afresh from what it holds now (Linux)."""
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+
+    def peak_rss_bytes(self) -> int:
+        """The server's peak resident memory since it started or since `reset_peak_rss` (Linux)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmHWM in /proc/<pid>/status")
 
     def stop(self) -> None:
         """Terminate the server (kill it if it does not exit in 20 s)."""

@@ -1,6 +1,7 @@
 """The real ComfyUI page in headless Chromium: the pack's extension loads, every example workflow
-loads with no missing nodes, and the t2v one streams frames into the sampler's widget before the
-prompt finishes, showing the prompt text as text (never as HTML)."""
+loads with no missing nodes, the long-video one queues the very prompt that the API tests build from
+it, and the t2v one streams frames into the sampler's widget before the prompt finishes, showing the
+prompt text as text (never as HTML)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from comfy_client import ComfyClient
 from comfy_server import ComfyServer
+from ui_workflow import api_prompt
 
 EXTENSION = "SelfForcing.StreamingPreview"
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "example_workflows").glob("*.json"))
@@ -49,6 +52,17 @@ def test_example_workflow_loads_with_no_missing_nodes(page, example: Path) -> No
                 previews: app.graph._nodes.filter(n => n.selfforcingPreview).length};
     }""", workflow)
     assert result == {"missing": [], "invalid": False, "loaded": len(workflow["nodes"]), "previews": 1}
+
+
+def test_long_video_example_queues_what_the_api_tests_send(page, comfy: ComfyClient) -> None:
+    workflow = json.loads((EXAMPLES[0].parent / "selfforcing_long_video_prompt_schedule.json").read_text())
+    output = page.evaluate("""async (workflow) => {
+        await window.comfyAPI.app.app.loadGraphData(workflow);
+        return (await window.comfyAPI.app.app.graphToPrompt()).output;
+    }""", workflow)
+    queued = {node_id: {"class_type": node["class_type"], "inputs": node["inputs"]} for node_id, node in output.items()}
+    assert queued == api_prompt(workflow, comfy.object_info())
+    assert queued["5"]["inputs"]["keep_frames"] is False and queued["5"]["inputs"]["filename_prefix"]
 
 
 def test_widget_draws_frames_before_the_prompt_finishes(page, tiny_models: dict[str, str], tmp_path) -> None:

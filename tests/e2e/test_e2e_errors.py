@@ -67,7 +67,7 @@ def test_vae_file_chosen_as_model(comfy_server: ComfyServer, comfy: ComfyClient,
     prompt = workflows.text_to_video()
     prompt["1"]["inputs"]["model_name"] = "wan_2.1_vae.safetensors"
     message = failed(comfy, prompt)
-    assert "this is a VAE file; load it with the VAE loader" in message
+    assert "this looks like a Wan2.1 VAE" in message and "load it with the VAE loader" in message
 
 
 @pytest.mark.parametrize("name", ["../vae/tiny_wan_2.1_vae.safetensors", "/etc/passwd", "..\\..\\secret.pt"])
@@ -76,3 +76,9 @@ def test_names_outside_model_folders_are_refused(comfy: ComfyClient, name: str, 
     prompt["1"]["inputs"]["model_name"] = name
     message = rejected(comfy, prompt)
     assert json.dumps(repr(name))[1:-1] in message and "inside ComfyUI's models folders" in message
+
+
+def test_keep_frames_off_needs_a_file_to_write(comfy: ComfyClient, still_serving) -> None:
+    prompt = workflows.text_to_video()
+    prompt["5"]["inputs"]["keep_frames"] = False
+    assert "set filename_prefix so the video is written to the output folder" in rejected(comfy, prompt)

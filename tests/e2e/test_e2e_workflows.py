@@ -23,7 +23,7 @@ NODES = {
     "SelfForcingPromptSchedule": ["schedule", "text_encoder", "clip"],
     "SelfForcingKeyframes": ["vae", "start_image", "end_image", "end_strength"],
     "SelfForcingSampler": ["model", "positive", "seed", "steps", "length", "length_unit", "width", "height",
-                           "batch_size", "vae", "keyframes"],
+                           "batch_size", "vae", "keyframes", "filename_prefix", "keep_frames"],
     "SelfForcingDecode": ["latent", "vae", "chunk_frames"],
     "SelfForcingSaveVideo": ["images", "filename_prefix", "format", "fps", "crf"],
 }
@@ -41,6 +41,7 @@ def test_object_info_lists_every_node_with_its_inputs(comfy: ComfyClient, tiny_m
     assert sampler["required"]["steps"][1]["default"] == "1000,750,500,250"
     assert sampler["optional"]["vae"][0] == "VAE,SELFFORCING_VAE"
     assert info["SelfForcingSampler"]["output"] == ["LATENT", "IMAGE"]
+    assert sampler["optional"]["filename_prefix"][1]["default"] == "" and sampler["optional"]["keep_frames"][1]["default"]
     assert tiny_models["model"] in info["SelfForcingModelLoader"]["input"]["required"]["model_name"][1]["options"]
 
 

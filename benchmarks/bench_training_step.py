@@ -1,0 +1,101 @@
+"""Where a training step of the world models spends its time: step rate and the top GPU kernels.
+
+Runs the VAE step (batch of 33-frame 128x128 clips) and the teacher step (flow matching on latents)
+of the `world` sizes with bf16 autocast, eager, as `train vae` / `train teacher` do, and prints the
+steps per second and the kernels that take most of the GPU time (torch.profiler).
+
+    python benchmarks/bench_training_step.py --steps 30 --top 12
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from selfforcing_core.training.data import CaptionTokens, world_clips  # noqa: E402
+from selfforcing_core.training.model_sizes import PRESETS  # noqa: E402
+from selfforcing_core.training.teacher_training import build_teacher, flow_matching_loss  # noqa: E402
+from selfforcing_core.training.vae_training import VAEAutoencoder, init_posterior, vae_loss  # noqa: E402
+from selfforcing_core.training.world_scene import WorldConfig  # noqa: E402
+from selfforcing_core.wan_vae import WanVAE  # noqa: E402
+
+
+def vae_step_fn(batch: int, device: torch.device) -> tuple[torch.nn.Module, Callable[[torch.Generator], torch.Tensor]]:
+    vae = WanVAE(PRESETS["world"].vae).to(device)
+    init_posterior(vae)
+    model = VAEAutoencoder(vae)
+    video, _ = world_clips(0, range(batch), WorldConfig(height=128, width=128, num_frames=33), device)
+    return model, lambda generator: vae_loss(model, video, generator)[0]
+
+
+def teacher_step_fn(batch: int, device: torch.device) -> tuple[torch.nn.Module, Callable[[torch.Generator], torch.Tensor]]:
+    sizes = PRESETS["world"]
+    model = build_teacher(sizes.dit, sizes.text).to(device)
+    tokens = CaptionTokens(sizes.text_len)
+    latents = torch.randn(batch, 16, 9, 16, 16, device=device)
+    ids, mask = tokens(["a red circle moves right across a blue background"] * batch)
+    ids, mask = ids.to(device), mask.to(device)
+    return model, lambda generator: flow_matching_loss(model, latents, ids, mask, tokens.empty_ids, tokens.empty_mask,
+                                                       generator, 3.0, 0.1)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(name: str, model: torch.nn.Module, loss_fn, steps: int, top: int, device: torch.device) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    generator = torch.Generator(device).manual_seed(0)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = loss_fn(generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    sync(device)
+    began = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    seconds = (time.perf_counter() - began) / steps
+    print(f"{name}: {1 / seconds:.1f} steps/s ({1000 * seconds:.1f} ms/step)")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as profiler:
+        for _ in range(3):
+            step()
+        sync(device)
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    table = profiler.key_averages().table(sort_by=sort, row_limit=top, max_name_column_width=60)
+    print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--vae-batch", type=int, default=8)
+    parser.add_argument("--teacher-batch", type=int, default=128)
+    parser.add_argument("--device", default="cuda")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    print(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch", torch.__version__)
+    measure("teacher", *teacher_step_fn(args.teacher_batch, device), args.steps, args.top, device)
+    measure("vae", *vae_step_fn(args.vae_batch, device), args.steps, args.top, device)
+
+
+if __name__ == "__main__":
+    main()
