@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
+from ..selfforcing_core.keyframe_prefix import END_MODES
 from . import types
 
 
@@ -18,6 +19,7 @@ class KeyframeImages:
     start: torch.Tensor | None
     end: torch.Tensor | None
     end_strength: float
+    end_mode: str
 
 
 def check_images(start: torch.Tensor | None, end: torch.Tensor | None) -> None:
@@ -40,25 +42,29 @@ class SelfForcingKeyframes(io.ComfyNode):
             node_id="SelfForcingKeyframes",
             display_name="Self-Forcing Keyframes",
             category=types.CATEGORY,
-            description="Start image: the video begins on it (a clean prefix in the cache). End image: the last "
-                        "frame lands on it and earlier chunks are pulled towards it. Models not trained with end "
-                        "frames may approach it like a cross-fade at high strength.",
+            description="Start image: the video begins on it (a clean prefix in the cache). End image: models "
+                        "trained with end frames take it as a goal frame in the cache; others land the last frame "
+                        "on it and pull earlier chunks towards it, which may look like a cross-fade at high strength.",
             inputs=[
                 io.MultiType.Input("vae", types=[io.Vae, types.Vae],
                                    tooltip="The Wan2.1 VAE (VAELoader wan_2.1_vae, or the Self-Forcing VAE loader)."),
                 io.Image.Input("start_image", optional=True, tooltip="The first frame of the video."),
                 io.Image.Input("end_image", optional=True, tooltip="The frame the video should end on."),
                 io.Float.Input("end_strength", default=0.5, min=0.0, max=1.0, step=0.05,
-                               tooltip="How strongly the chunks before the last are pulled towards the end image."),
+                               tooltip="How strongly the chunks before the last are pulled towards the end image "
+                                       "(guidance mode)."),
+                io.Combo.Input("end_mode", options=list(END_MODES), default="auto", optional=True,
+                               tooltip="How the end image is used: goal_prefix (models trained with end frames), "
+                                       "guidance (any model), auto (goal_prefix if the model's file says so)."),
             ],
             outputs=[types.Keyframes.Output(display_name="keyframes")],
         )
 
     @classmethod
     def execute(cls, vae: Any, end_strength: float, start_image: torch.Tensor | None = None,
-                end_image: torch.Tensor | None = None) -> io.NodeOutput:
+                end_image: torch.Tensor | None = None, end_mode: str = "auto") -> io.NodeOutput:
         check_images(start_image, end_image)
-        return io.NodeOutput(KeyframeImages(vae, start_image, end_image, end_strength))
+        return io.NodeOutput(KeyframeImages(vae, start_image, end_image, end_strength, end_mode))
 
 
 NODES = [SelfForcingKeyframes]

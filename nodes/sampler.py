@@ -8,6 +8,7 @@ from typing import Any
 
 from comfy_api.latest import io, ui
 
+from ..selfforcing_core.keyframe_prefix import trained_with_goal
 from ..selfforcing_core.keyframes import encode_keyframes
 from ..selfforcing_core.latent_format import to_raw
 from ..selfforcing_core.pipeline import GenerationRequest, PromptSegment, VideoPipeline
@@ -130,10 +131,11 @@ class SelfForcingSampler(io.ComfyNode):
         if keyframes is not None:
             encoded = encode_keyframes(keyframe_encoder(keyframes.vae), width, height, keyframes.start, keyframes.end)
             request.start_latent, request.end_latent = encoded.start, encoded.end
-            request.end_strength = keyframes.end_strength
+            request.end_strength, request.end_mode = keyframes.end_strength, keyframes.end_mode
         decoder = chunk_decoder(vae) if vae is not None else None
         load_on_device(model.loaded.model, model.patcher)
-        pipeline = VideoPipeline(model.loaded.model, model.settings, decoder)
+        pipeline = VideoPipeline(model.loaded.model, model.settings, decoder,
+                                 goal_prefix_trained=trained_with_goal(model.loaded.metadata))
         preview, files, saved = None, None, []
         if decoder is not None:
             preview = LivePreview(str(cls.hidden.unique_id), current_prompt_id(), width, height, num_frames, FPS)

@@ -12,6 +12,7 @@ import time
 import torch
 
 from .checkpoint import load_transformer
+from .keyframe_prefix import END_MODES, trained_with_goal
 from .keyframes import encode_keyframe
 from .pipeline import GenerationRequest, PromptSegment, VideoPipeline
 from .text_encoder_loading import load_text_encoder
@@ -40,7 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", help="comma-separated denoising steps, e.g. 1000,750,500,250")
     parser.add_argument("--start-image", help="image the video starts from")
     parser.add_argument("--end-image", help="image the video should end on")
-    parser.add_argument("--end-strength", type=float, default=0.5, help="pull towards the end image (0..1)")
+    parser.add_argument("--end-strength", type=float, default=0.5, help="guidance's pull towards the end image (0..1)")
+    parser.add_argument("--end-mode", choices=END_MODES, default="auto",
+                        help="how the end image is used: goal_prefix (models trained with `train end-frame`), guidance "
+                             "(training-free pull), or auto (goal_prefix when the model's file says it was trained so)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="default: bfloat16 on CUDA, float32 on CPU")
@@ -84,10 +88,12 @@ def run(args: argparse.Namespace) -> str:
         end = encode_keyframe(vae, _read_image(args.end_image), width, height) if args.end_image else None
     steps = tuple(int(s) for s in args.steps.split(",")) if args.steps else None
     request = GenerationRequest(segments, width, height, seconds_to_frames(args.seconds), seed=args.seed,
-                                steps=steps, start_latent=start, end_latent=end, end_strength=args.end_strength)
+                                steps=steps, start_latent=start, end_latent=end, end_strength=args.end_strength,
+                                end_mode=args.end_mode)
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    pipeline = VideoPipeline(loaded.model, loaded.settings, decoder)
+    pipeline = VideoPipeline(loaded.model, loaded.settings, decoder,
+                             goal_prefix_trained=trained_with_goal(loaded.metadata))
     began, first, frames = time.perf_counter(), None, 0
     from .video_export import VideoWriter  # needs imageio-ffmpeg, which the training commands' parser must not
 

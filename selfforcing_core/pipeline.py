@@ -15,8 +15,9 @@ import torch
 from .background import run_ahead
 from .config import CausalSettings
 from .keyframe_conditioning import EndFrameGuidance
+from .keyframe_prefix import GOAL_PREFIX, GUIDANCE, KeyframePrefix, end_mode_for
 from .noise import NoiseSource, SeededNoise
-from .sampler import StreamingSampler, plan_chunks
+from .sampler import StreamingSampler
 from .transformer import CausalWanModel
 from .vae_stream import ChunkDecoder, StreamingDecoder
 from .video_collector import VideoCollector
@@ -39,7 +40,12 @@ class PromptSegment:
 @dataclass
 class GenerationRequest:
     """What to generate. Sizes are in pixels and video frames (16 fps); keyframe latents are
-    normalised VAE latents [1 or B, C, 1, h, w]. `steps` overrides the model's step list."""
+    normalised VAE latents [1 or B, C, 1, h, w]. `steps` overrides the model's step list.
+
+    `end_mode` says how the end keyframe is used: 'goal_prefix' (a clean goal frame before the video in
+    the cache, for models trained so), 'guidance' (`end_strength` pulls the x0 predictions towards it),
+    or 'auto' (goal_prefix when the model's file says it was trained with end frames).
+    """
 
     prompts: Sequence[PromptSegment]
     width: int
@@ -51,6 +57,7 @@ class GenerationRequest:
     start_latent: torch.Tensor | None = None
     end_latent: torch.Tensor | None = None
     end_strength: float = 0.5
+    end_mode: str = "auto"
     first_chunk_steps: tuple[int, ...] | None = None
     noise: NoiseSource | None = field(default=None, repr=False)
 
@@ -81,13 +88,30 @@ def _batched(tensor: torch.Tensor, batch: int, what: str) -> torch.Tensor:
     raise ValueError(f"{what} has batch {tensor.shape[0]}, expected 1 or {batch}")
 
 
+def _keyframe(latent: torch.Tensor | None, which: str, request: GenerationRequest, channels: int
+              ) -> torch.Tensor | None:
+    """A keyframe latent batched to the request, refused unless it has the video's channels and size."""
+    if latent is None:
+        return None
+    latent = _batched(latent, request.batch_size, f"{which} keyframe latent")
+    h, w = request.height // SPATIAL_FACTOR, request.width // SPATIAL_FACTOR
+    if latent.shape[1] != channels or tuple(latent.shape[3:]) != (h, w):
+        raise ValueError(
+            f"the {which} keyframe latent is {tuple(latent.shape[1:])} but a {request.width}x{request.height} "
+            f"video needs ({channels}, T, {h}, {w}); encode the keyframe at the video's size"
+        )
+    return latent
+
+
 class VideoPipeline:
     """A causal transformer, its settings and an optional streaming decoder, ready to stream videos."""
 
     def __init__(self, model: CausalWanModel, settings: CausalSettings, decoder: ChunkDecoder | None = None,
-                 decode_frames_per_call: int | None = None):
-        """`decode_frames_per_call` bounds the decoder's activation memory (1 for low-VRAM cards)."""
+                 decode_frames_per_call: int | None = None, goal_prefix_trained: bool = False):
+        """`decode_frames_per_call` bounds the decoder's activation memory (1 for low-VRAM cards);
+        `goal_prefix_trained`: the model learnt end keyframes as a goal prefix (`trained_with_goal(metadata)`)."""
         self.sampler = StreamingSampler(model, settings)
+        self.goal_prefix_trained = goal_prefix_trained
         self.decoder = StreamingDecoder(decoder) if decoder is not None else None
         self.decode_frames_per_call = decode_frames_per_call
         self._decode_stream = None
@@ -118,51 +142,40 @@ class VideoPipeline:
         channels = model.config.in_dim
         h, w = request.height // SPATIAL_FACTOR, request.width // SPATIAL_FACTOR
         total = latent_frames_for(request.num_frames)
-        prefix = self._prefix(request, batch, channels, h, w)
-        prefix_frames = 0 if prefix is None else prefix.shape[2]
-        if total <= prefix_frames:
+        start = _keyframe(request.start_latent, "start", request, channels)
+        end = _keyframe(request.end_latent, "end", request, channels)
+        end_mode = None if end is None else end_mode_for(request.end_mode, self.goal_prefix_trained)
+        prefix = KeyframePrefix.of(start, end if end_mode == GOAL_PREFIX else None)
+        if total <= prefix.start_frames:
             raise ValueError(f"{request.num_frames} frames leave nothing to generate after the start keyframe")
 
         segments = sorted(request.prompts, key=lambda s: s.start_frame)
         contexts = [_batched(s.embeddings, batch, "prompt embeddings") for s in segments]
         settings = self.settings if request.steps is None else self.settings.with_(denoising_steps=tuple(request.steps))
-        plan = plan_chunks(total - prefix_frames, settings, start_frame=prefix_frames,
-                           first_chunk_steps=request.first_chunk_steps,
+        plan = prefix.plan(total, settings, first_chunk_steps=request.first_chunk_steps,
                            prompt_starts=[latent_frame_of(s.start_frame) for s in segments[1:]],
                            prompt_cuts=[s.cut for s in segments[1:]])
         adjust = None
-        if request.end_latent is not None:
-            end = _batched(request.end_latent, batch, "end keyframe latent")
+        if end_mode == GUIDANCE:
             adjust = EndFrameGuidance(end, last_frame=total - 1, strength=request.end_strength)
         noise = request.noise or SeededNoise(request.seed, batch)
         if self.decoder is not None:
             self.decoder.reset()
-        count = len(plan) + (0 if prefix is None else -(-prefix_frames // settings.chunk_frames))
+        count = prefix.chunk_count(plan, settings.chunk_frames)
 
         def chunks(cancelled: Callable[[], None]):
             def check() -> None:
                 cancelled()
                 if interrupt is not None:
                     interrupt()
-            return self.sampler.stream(plan, contexts, noise, (batch, channels, h, w), prefix=prefix,
-                                       interrupt=check, adjust_x0=adjust)
+            return prefix.video(self.sampler.stream(plan, contexts, noise, (batch, channels, h, w),
+                                                    prefix=prefix.latents, interrupt=check, adjust_x0=adjust))
 
         source = run_ahead(chunks) if overlap else chunks(lambda: None)
         for index, chunk in enumerate(source):
             decoded = self._decoded(index, count, chunk.start_frame, chunk.end_frame, chunk.latents, chunk.seconds)
             decoded.prompt = max(chunk.prompt, 0)
             yield decoded
-
-    def _prefix(self, request: GenerationRequest, batch: int, channels: int, h: int, w: int) -> torch.Tensor | None:
-        if request.start_latent is None:
-            return None
-        prefix = _batched(request.start_latent, batch, "start keyframe latent")
-        if prefix.shape[1] != channels or tuple(prefix.shape[3:]) != (h, w):
-            raise ValueError(
-                f"the start keyframe latent is {tuple(prefix.shape[1:])} but a {request.width}x{request.height} "
-                f"video needs ({channels}, T, {h}, {w}); encode the keyframe at the video's size"
-            )
-        return prefix
 
     def _decoded(self, index: int, count: int, start: int, end: int, latents: torch.Tensor,
                  model_seconds: float) -> StreamedChunk:

@@ -25,9 +25,10 @@ def model_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     config = WanConfig(dim=64, ffn_dim=128, num_heads=2, num_layers=2, text_dim=TEXT_DIM, text_len=16, freq_dim=16)
-    save_transformer(tiny_model(config).float(), str(folder / "dit.safetensors"),
-                     CausalSettings(chunk_frames=3, denoising_steps=(1000, 500)),
-                     extra_metadata={"resolution": "32x48"})
+    for name, marks in (("dit", {}), ("goal_dit", {"end_frame": "goal_prefix"})):
+        save_transformer(tiny_model(config).float(), str(folder / f"{name}.safetensors"),
+                         CausalSettings(chunk_frames=3, denoising_steps=(1000, 500)),
+                         extra_metadata={"resolution": "32x48", **marks})
     vae = WanVAE(WanVAEConfig(dim=8))
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(folder / "vae.safetensors"))
     text = UMT5Encoder(UMT5Config(vocab=259, dim=TEXT_DIM, dim_attn=TEXT_DIM, dim_ffn=64, num_heads=2, num_layers=1))
@@ -63,6 +64,17 @@ def test_generate_with_keyframes_and_a_prompt_schedule(model_files, tmp_path):
                      "--end-image", str(tmp_path / "start.png"), "--prompt", "one", "--prompt", "two",
                      "--switch-at", "0.5", "--width", "32", "--height", "32"))
     assert read_video(path).frame_count == 17
+
+
+def test_end_mode_goal_prefix_runs_on_a_marked_model_and_is_refused_by_others(model_files, tmp_path):
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "end.png", np.full((48, 32, 3), 200, dtype=np.uint8))
+    end = ["--end-image", str(tmp_path / "end.png"), "--end-mode", "goal_prefix"]
+    assert read_video(run(_args(model_files, tmp_path, "--model", str(model_files / "goal_dit.safetensors"),
+                                *end))).frame_count == 17
+    with pytest.raises(ValueError, match="needs a model trained with end frames"):
+        run(_args(model_files, tmp_path, *end))
 
 
 def test_a_schedule_needs_one_switch_time_per_extra_prompt(model_files, tmp_path):

@@ -1,4 +1,5 @@
-"""The pipeline: prompts and keyframes in, decoded chunks out; sizes, schedules and end frames."""
+"""The pipeline: prompts and keyframes in, decoded chunks out; sizes, schedules, end frames (guided or
+as a trained goal prefix)."""
 from __future__ import annotations
 
 import copy
@@ -6,13 +7,20 @@ import copy
 import pytest
 import torch
 
+from selfforcing_core.checkpoint import load_transformer, save_transformer
 from selfforcing_core.config import CausalSettings
+from selfforcing_core.keyframe_prefix import trained_with_goal
+from selfforcing_core.noise import SeededNoise
 from selfforcing_core.pipeline import GenerationRequest, PromptSegment, VideoPipeline
+from selfforcing_core.sampler import StreamingSampler, plan_chunks
+from selfforcing_core.training.end_frame import sample_to_goal
 from selfforcing_core.video_geometry import latent_frames_for, video_frames_for
 
 from tiny_models import TINY
 
 SETTINGS = CausalSettings(chunk_frames=3, denoising_steps=(1000, 750, 500))
+GOAL_SETTINGS = CausalSettings(chunk_frames=3, local_window=3, sink_frames=3, rebase_sink=True,
+                               denoising_steps=(1000, 500))  # the window rolls and the sink (goal included) is re-based
 
 
 def _prompt(seed: int = 0, start: int = 0) -> PromptSegment:
@@ -24,6 +32,10 @@ def _request(**changes) -> GenerationRequest:
     values = dict(prompts=[_prompt()], width=32, height=32, num_frames=25, seed=1)
     values.update(changes)
     return GenerationRequest(**values)
+
+
+def _keyframe(seed: int) -> torch.Tensor:
+    return torch.randn(1, 16, 1, 4, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def test_frames_and_latents_convert_both_ways():
@@ -133,3 +145,85 @@ def test_a_copy_of_a_compiled_model_computes_with_its_own_weights(model):
     expected = VideoPipeline(halved, SETTINGS).generate(_request(num_frames=5))[0]
     torch.testing.assert_close(VideoPipeline(duplicate, SETTINGS).generate(_request(num_frames=5))[0], expected,
                                rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("with_start", [False, True])
+def test_goal_prefix_samples_exactly_as_training_does(model, with_start):
+    """A model marked as trained with end frames gets the end keyframe as a goal before the video, as
+    `sample_to_goal` (training, evaluation) gives it: the same latents, the goal frame not among them."""
+    start, end = (_keyframe(1) if with_start else None), _keyframe(2)
+    request = _request(start_latent=start, end_latent=end)
+    streamed, _ = VideoPipeline(model, GOAL_SETTINGS, goal_prefix_trained=True).generate(request)
+    total = latent_frames_for(25)
+    sampler = StreamingSampler(model, GOAL_SETTINGS)
+    trained = sample_to_goal(sampler, request.prompts[0].embeddings, SeededNoise(1, 1), end, total, start)
+    assert streamed.shape[2] == total
+    torch.testing.assert_close(streamed, trained, rtol=0, atol=0)
+    video_prefix = int(with_start)
+    plan = plan_chunks(total - video_prefix, GOAL_SETTINGS, start_frame=1 + video_prefix)
+    prefix = end if start is None else torch.cat([end, start], dim=2)
+    cache = sampler.sample(plan, request.prompts[0].embeddings, SeededNoise(1, 1), (1, 16, 4, 4), prefix=prefix)
+    torch.testing.assert_close(streamed, cache[:, :, 1:], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("chunk_frames, with_start, spans", [
+    (3, False, [(0, 9), (9, 21), (21, 25)]),
+    (3, True, [(0, 1), (1, 13), (13, 25)]),
+    (1, True, [(0, 1), (1, 5), (5, 9)]),
+])
+def test_goal_frame_is_never_streamed_or_decoded(model, chunk_frames, with_start, spans):
+    from selfforcing_core.preview_decoder import TAEHVConfig, TAEHVDecoder
+
+    torch.manual_seed(0)
+    decoder = TAEHVDecoder(TAEHVConfig(widths=(8, 8, 8, 8))).double().eval()
+    settings = GOAL_SETTINGS.with_(chunk_frames=chunk_frames)
+    num_frames = spans[-1][1]
+    request = _request(num_frames=num_frames, start_latent=_keyframe(1) if with_start else None,
+                       end_latent=_keyframe(2))
+    chunks = list(VideoPipeline(model, settings, decoder, goal_prefix_trained=True).stream(request))
+    assert [(c.start_frame, c.end_frame) for c in chunks] == spans
+    assert [c.index for c in chunks] == list(range(len(spans))) and {c.num_chunks for c in chunks} == {len(spans)}
+    assert sum(c.latents.shape[2] for c in chunks) == latent_frames_for(num_frames)
+    assert sum(c.frames.shape[1] for c in chunks) == num_frames
+    if with_start:
+        assert torch.equal(chunks[0].latents, request.start_latent)
+
+
+def test_goal_prefix_keeps_the_prompt_schedule_in_video_frames(model):
+    plain = list(VideoPipeline(model, GOAL_SETTINGS).stream(_request(prompts=[_prompt(0), _prompt(1, start=13)])))
+    goal = list(VideoPipeline(model, GOAL_SETTINGS, goal_prefix_trained=True).stream(
+        _request(prompts=[_prompt(0), _prompt(1, start=13)], end_latent=_keyframe(2))))
+    assert [(c.start_frame, c.prompt) for c in goal] == [(c.start_frame, c.prompt) for c in plain] == \
+        [(0, 0), (9, 0), (21, 1)]
+
+
+def test_end_mode_auto_follows_the_model_and_either_mode_can_be_forced(model):
+    end = _keyframe(2)
+    short = lambda **changes: _request(num_frames=13, end_latent=end, **changes)  # noqa: E731
+    guided = VideoPipeline(model, GOAL_SETTINGS).generate(short())[0]
+    torch.testing.assert_close(guided[:, :, -1:], end, rtol=0, atol=1e-12)
+    trained = VideoPipeline(model, GOAL_SETTINGS, goal_prefix_trained=True)
+    goal = trained.generate(short())[0]
+    assert (goal[:, :, -1:] - end).abs().max() > 1e-3
+    torch.testing.assert_close(trained.generate(short(end_mode="guidance"))[0], guided, rtol=0, atol=0)
+    torch.testing.assert_close(trained.generate(short(end_mode="goal_prefix"))[0], goal, rtol=0, atol=0)
+
+
+def test_the_goal_prefix_mark_is_read_from_the_models_file(tmp_path, model):
+    marked, plain = str(tmp_path / "marked.safetensors"), str(tmp_path / "plain.safetensors")
+    save_transformer(model, marked, GOAL_SETTINGS, extra_metadata={"end_frame": "goal_prefix"})
+    save_transformer(model, plain, GOAL_SETTINGS)
+    assert trained_with_goal(load_transformer(marked, dtype=torch.float64).metadata)
+    assert not trained_with_goal(load_transformer(plain, dtype=torch.float64).metadata)
+
+
+@pytest.mark.parametrize("changes, trained, message", [
+    (dict(end_mode="goal_prefix"), False, "end mode 'goal_prefix' needs a model trained with end frames"),
+    (dict(end_mode="pinned"), True, "unknown end mode 'pinned'; choose one of auto, guidance, goal_prefix"),
+    (dict(end_latent=torch.zeros(1, 16, 1, 8, 8)), True, "the end keyframe latent is .* encode the keyframe"),
+    (dict(end_latent=torch.zeros(1, 16, 2, 4, 4)), True, r"the end keyframe latent must be \[B, C, 1, h, w\]"),
+])
+def test_end_mode_errors(model, changes, trained, message):
+    request = _request(**{"end_latent": _keyframe(2), **changes})
+    with pytest.raises(ValueError, match=message):
+        list(VideoPipeline(model, GOAL_SETTINGS, goal_prefix_trained=trained).stream(request))

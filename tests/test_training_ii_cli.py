@@ -9,6 +9,7 @@ import torch
 
 from selfforcing_core.checkpoint import load_transformer
 from selfforcing_core.cli import main
+from selfforcing_core.keyframe_prefix import trained_with_goal
 from selfforcing_core.training.distill_cli import main as distill_main
 from selfforcing_core.training.model_sizes import TOY
 from selfforcing_core.training.teacher_training import Teacher, export_teacher, init_teacher
@@ -49,6 +50,8 @@ def test_training_ii_stages_run_end_to_end_on_toy_models(tmp_path):
     assert loaded.settings.local_window == 6 and loaded.settings.sink_frames == 3 and loaded.settings.rebase_sink
     assert loaded.settings.timestep_shift == 3.0
     assert next(iter(loaded.model.parameters())).dtype == torch.float32
+    assert not trained_with_goal(loaded.metadata)
+    assert trained_with_goal(load_transformer(os.path.join(out, "end_frame.safetensors")).metadata)
     from safetensors import safe_open
     with safe_open(shipped, "pt") as handle:
         assert handle.get_tensor("head.head.weight").dtype == torch.float16

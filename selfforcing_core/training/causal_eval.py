@@ -20,13 +20,14 @@ from torch import nn
 
 from ..config import CausalSettings
 from ..keyframe_conditioning import EndFrameGuidance
+from ..keyframe_prefix import GOAL_FRAMES
 from ..noise import SeededNoise
 from ..sampler import StreamingSampler, plan_chunks
 from ..transformer import CausalWanModel
 from ..video_geometry import SPATIAL_FACTOR, latent_frames_for
 from ..wan_vae import WanVAE
 from .data import CaptionTokens, world_clips
-from .end_frame import GOAL_FRAMES, sample_to_goal
+from .end_frame import sample_to_goal
 from .evaluation import HELD_OUT_SEED
 from .evaluator import ClipResult, evaluate_clips, summarize
 from .evaluator_metrics import largest_jump

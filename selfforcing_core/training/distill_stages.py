@@ -18,6 +18,7 @@ import torch
 
 from ..checkpoint import LoadedTransformer, load_transformer, save_transformer
 from ..config import CausalSettings
+from ..keyframe_prefix import END_FRAME_KEY, GOAL_PREFIX
 from ..text_encoder_loading import load_text_encoder
 from ..transformer import CausalWanModel
 from ..vae_loading import load_wan_vae
@@ -93,8 +94,11 @@ def load_text(path: str, device: torch.device, text_len: int) -> torch.nn.Module
 
 
 def export_student(model: CausalWanModel, path: str, settings: CausalSettings, world: World, kind: str,
-                   dtype: torch.dtype | None = None) -> None:
-    save_transformer(model, path, settings, family="self_forcing", extra_metadata=world.metadata(kind), dtype=dtype)
+                   dtype: torch.dtype | None = None, goal_prefix: bool = False) -> None:
+    """Save a student; `goal_prefix` marks one trained with the end keyframe as a goal prefix (the pipeline's
+    'auto' end mode reads the mark)."""
+    metadata = {**world.metadata(kind), **({END_FRAME_KEY: GOAL_PREFIX} if goal_prefix else {})}
+    save_transformer(model, path, settings, family="self_forcing", extra_metadata=metadata, dtype=dtype)
 
 
 def ema_copy(trainer: Trainer) -> CausalWanModel:
@@ -259,9 +263,10 @@ def run_distill_stage(stage: DistillStage) -> dict[str, float]:
     distill.run(stage.train.checkpoint_every, stage.train.log_every)
     model = ema_copy(generator)
     kind = f"{stage.name} (DMD, {stage.options.method} rollouts)"
-    export_student(model, os.path.join(stage.out, f"{stage.name}.safetensors"), settings, world, kind)
+    goal = stage.options.end_frame
+    export_student(model, os.path.join(stage.out, f"{stage.name}.safetensors"), settings, world, kind, goal_prefix=goal)
     if stage.export:
-        export_student(model, stage.export, settings, world, kind, dtype=torch.float16)
+        export_student(model, stage.export, settings, world, kind, dtype=torch.float16, goal_prefix=goal)
     metrics = {"generator_steps": generator.state.step, "critic_steps": fake.state.step,
                "train_seconds": generator.state.elapsed_seconds, **distill.summary()}
     write_json(os.path.join(stage.out, f"{stage.name}_metrics.json"), metrics)

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from ..config import CausalSettings
+from ..keyframe_prefix import goal_prefix
 from ..transformer import CausalWanModel
 from .baselines import METHODS, context_writer
 from .dmd import DMDOptions, critic_loss, dmd_loss
-from .end_frame import goal_loss, goal_prefix
+from .end_frame import goal_loss
 from .latent_bank import ClipBank
 from .self_forcing import GeneratorNoise, rollout
 from .trainer import Trainer

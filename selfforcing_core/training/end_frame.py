@@ -7,23 +7,19 @@ is given. The student learns to use it with Self Forcing on its own rollouts (DM
 goal not part of it) plus a goal term: the squared error between its last latent frame and the
 ground-truth clip's last latent frame. RoPE places the goal f + 1 frames behind frame f, so the
 remaining distance to the end is learned for the trained clip length.
-Compared with the training-free guidance (`keyframe_conditioning.EndFrameGuidance`), which edits
-the sampler's x0 predictions, nothing changes at sampling time but the prefix.
+The cache layout is the core's (`keyframe_prefix.KeyframePrefix`), so the product pipeline samples such a
+model exactly as `sample_to_goal` does; compared with the training-free guidance
+(`keyframe_conditioning.EndFrameGuidance`), which edits the sampler's x0 predictions, nothing changes at
+sampling time but the prefix.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ..keyframe_prefix import KeyframePrefix
 from ..noise import NoiseSource
-from ..sampler import StreamingSampler, X0Adjustment, plan_chunks
-
-GOAL_FRAMES = 1
-
-
-def goal_prefix(goal: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
-    """The cache prefix [B, C, 1 (+1), h, w]: the goal latent, then the start keyframe latent if any."""
-    return goal if start is None else torch.cat([goal, start], dim=2)
+from ..sampler import StreamingSampler, X0Adjustment
 
 
 def goal_loss(generated: torch.Tensor, target_last: torch.Tensor) -> torch.Tensor:
@@ -45,10 +41,8 @@ def sample_to_goal(
 
     `adjust_x0` sees the video's frames shifted by the goal frame (its last frame is num_frames).
     """
-    prefix = goal_prefix(goal, start)
-    video_prefix = prefix.shape[2] - GOAL_FRAMES
-    plan = plan_chunks(num_frames - video_prefix, sampler.settings, start_frame=prefix.shape[2])
+    prefix = KeyframePrefix.of(start, goal)
     batch, channels, _, height, width = goal.shape
-    latents = sampler.sample(plan, context, noise, (batch, channels, height, width), prefix=prefix,
-                             adjust_x0=adjust_x0)
-    return latents[:, :, GOAL_FRAMES:]
+    chunks = sampler.stream(prefix.plan(num_frames, sampler.settings), context, noise, (batch, channels, height, width),
+                            prefix=prefix.latents, adjust_x0=adjust_x0)
+    return torch.cat([chunk.latents for chunk in prefix.video(chunks)], dim=2)

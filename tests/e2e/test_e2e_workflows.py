@@ -21,7 +21,7 @@ NODES = {
     "SelfForcingTextEncoderLoader": ["text_encoder_name", "dtype"],
     "SelfForcingTextEncode": ["text_encoder", "text"],
     "SelfForcingPromptSchedule": ["schedule", "text_encoder", "clip"],
-    "SelfForcingKeyframes": ["vae", "start_image", "end_image", "end_strength"],
+    "SelfForcingKeyframes": ["vae", "start_image", "end_image", "end_strength", "end_mode"],
     "SelfForcingSampler": ["model", "positive", "seed", "steps", "length", "length_unit", "width", "height",
                            "batch_size", "vae", "keyframes", "filename_prefix", "keep_frames"],
     "SelfForcingDecode": ["latent", "vae", "chunk_frames"],
