@@ -57,13 +57,13 @@ def channels_last(module: torch.nn.Module) -> None:
             layer.weight.data = layer.weight.data.contiguous(memory_format=fmt)
 
 
-def build(size: str, device: str, dtype: torch.dtype, backend: str) -> CausalWanModel:
+def build(config: WanConfig, device: str, dtype: torch.dtype, backend: str) -> CausalWanModel:
     """A random-weight model made directly in `dtype` (a float32 14B would not fit beside its copy)."""
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = CausalWanModel(PRESETS[size], attention_backend=backend)
+            model = CausalWanModel(config, attention_backend=backend)
     finally:
         torch.set_default_dtype(default)
     return model.eval().requires_grad_(False)
@@ -110,7 +110,7 @@ def main() -> None:
     device, dtype = "cuda", torch.bfloat16
     torch.backends.cudnn.benchmark = True
     settings = CausalSettings(chunk_frames=1 if args.frame_wise else 3)
-    model = build(args.size, "cpu" if args.low_vram else device, dtype, args.backend)
+    model = build(PRESETS[args.size], "cpu" if args.low_vram else device, dtype, args.backend)
     if args.low_vram:
         BlockStreamer(model, device)
     if args.fp8:
@@ -162,7 +162,7 @@ def compare_precision(args, settings: CausalSettings) -> dict:
     outputs = {}
     for name in ("float32", "bfloat16", "fp8"):
         torch.manual_seed(0)
-        model = build(args.size, "cuda", torch.float32, "auto")
+        model = build(PRESETS[args.size], "cuda", torch.float32, "auto")
         if name != "float32":
             model = model.to(torch.bfloat16)
         if name == "fp8":

@@ -52,10 +52,15 @@ def ssim(images: torch.Tensor, targets: torch.Tensor, window: int = 11, sigma: f
     return (numerator / denominator).mean(dim=(1, 2, 3)).reshape(batch_shape)
 
 
+def frame_changes(videos: torch.Tensor) -> torch.Tensor:
+    """Mean absolute change from each frame to the next of [B, T, 3, H, W] ([0, 1] scale), [B, T - 1]."""
+    frames = _unit(videos)
+    return (frames[:, 1:] - frames[:, :-1]).abs().mean(dim=(2, 3, 4))
+
+
 def frame_difference(videos: torch.Tensor) -> torch.Tensor:
     """Mean absolute change between consecutive frames per clip of [B, T, 3, H, W] ([0, 1] scale)."""
-    frames = _unit(videos)
-    return (frames[:, 1:] - frames[:, :-1]).abs().mean(dim=(1, 2, 3, 4))
+    return frame_changes(videos).mean(dim=1)
 
 
 def saturation(videos: torch.Tensor) -> torch.Tensor:
@@ -77,9 +82,14 @@ def window_change(values: np.ndarray, window: int) -> float:
     return float(np.mean(values[-window:]) - np.mean(values[:window]))
 
 
+def track_steps(track: np.ndarray) -> np.ndarray:
+    """The move from each frame to the next of a track [T, 2], [T - 1]; NaN where either was unseen."""
+    return np.linalg.norm(np.diff(track, axis=0), axis=1)
+
+
 def largest_jump(track: np.ndarray) -> float:
     """The largest move between consecutive frames in which the object was seen, track [T, 2]."""
-    steps = np.linalg.norm(np.diff(track, axis=0), axis=1)
+    steps = track_steps(track)
     steps = steps[~np.isnan(steps)]
     return float(steps.max()) if steps.size else math.nan
 
