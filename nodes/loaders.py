@@ -54,6 +54,8 @@ def causal_settings(base: CausalSettings, chunk_frames: int, local_window: int, 
         changes["chunk_frames"] = chunk_frames
     if local_window >= 0:
         changes["local_window"] = local_window or None
+    if local_window == 0:
+        changes["global_cache_frames"] = None
     if sink_frames >= 0:
         changes["sink_frames"] = sink_frames
     return base.with_(**changes)
@@ -79,7 +81,8 @@ class SelfForcingModelLoader(io.ComfyNode):
                 io.Int.Input("chunk_frames", default=0, min=0, max=21,
                              tooltip="Latent frames per chunk (3 = 12 video frames); 0 = the model family's default."),
                 io.Int.Input("local_window", default=-1, min=-1, max=1024,
-                             tooltip="Attention window in latent frames; -1 = family default, 0 = attend to everything."),
+                             tooltip="Attention window in latent frames; -1 = family default (Self Forcing: all "
+                                     "of its 21 trained frames, then a rolling window of 21), 0 = everything."),
                 io.Int.Input("sink_frames", default=-1, min=-1, max=63,
                              tooltip="Latent frames kept as an attention sink when the window rolls; -1 = family default."),
             ],

@@ -57,6 +57,8 @@ class CausalSettings:
     attention over everything generated so far. `rebase_sink` keeps the sink just before the window
     (a trained distance) on long videos; the reference keeps it at its first positions.
     `recache_on_prompt_change` re-encodes the cached frames under a new prompt (smooth switch).
+    `global_cache_frames` bounds global attention as the reference does: its cache holds the 21
+    latent frames the models were trained on and rolls like a window past them (None: unbounded).
     """
 
     chunk_frames: int = 3
@@ -68,6 +70,7 @@ class CausalSettings:
     context_noise: int = 0
     rebase_sink: bool = False
     recache_on_prompt_change: bool = True
+    global_cache_frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_frames < 1:
@@ -79,6 +82,17 @@ class CausalSettings:
             )
         if self.sink_frames < 0:
             raise ValueError(f"sink_frames must be >= 0, got {self.sink_frames}")
+        if self.global_cache_frames is not None and self.global_cache_frames < self.chunk_frames:
+            raise ValueError(f"global_cache_frames ({self.global_cache_frames}) must hold at least one chunk "
+                             f"({self.chunk_frames} frames)")
+
+    def attention_window(self, total_frames: int) -> int | None:
+        """The window a video of `total_frames` latent frames attends over (None: everything before)."""
+        if self.local_window is not None:
+            return self.local_window
+        if self.global_cache_frames is not None and total_frames > self.global_cache_frames:
+            return self.global_cache_frames
+        return None
 
     def with_(self, **changes: Any) -> "CausalSettings":
         return replace(self, **changes)

@@ -138,24 +138,24 @@ class StreamingSampler:
     def _cache_for(self, batch: int, height: int, width: int, total_frames: int) -> KVCache:
         """Reuse the cache when the shape still fits; reallocate only when it must."""
         s = self.settings
-        max_frames = None if s.local_window is not None else total_frames
+        window = s.attention_window(total_frames)
+        max_frames = None if window is not None else total_frames
         cache = self.cache
         tokens = self.model.frame_tokens(height, width)
         fits = (
             cache is not None
             and cache.batch_size == batch
             and cache.layout.frame_tokens == tokens
-            and cache.layout.local_window == s.local_window
-            and cache.layout.sink_frames == (s.sink_frames if s.local_window is not None else 0)
-            and (s.local_window is not None or cache.layout.capacity >= total_frames)
+            and cache.layout.local_window == window
+            and cache.layout.sink_frames == (s.sink_frames if window is not None else 0)
+            and (window is not None or cache.layout.capacity >= total_frames)
             and (cache.sink_raw_keys is not None) == (s.rebase_sink and cache.layout.sink_frames > 0)
             and cache.dtype == self.model.dtype
             and cache.device == self.model.device
         )
         if not fits:
             self.cache = None
-            cache = self.model.new_cache(batch, height, width, max_frames, s.local_window, s.sink_frames,
-                                         s.rebase_sink)
+            cache = self.model.new_cache(batch, height, width, max_frames, window, s.sink_frames, s.rebase_sink)
             self.cache = cache
         cache.reset()
         return cache

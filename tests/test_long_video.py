@@ -103,3 +103,26 @@ def test_a_cut_starts_a_fresh_scene(model):
     torch.testing.assert_close(video[:, :, 6:], video[:, :, :6], rtol=0, atol=1e-10)
     uncut = StreamingSampler(model, settings).sample(plan_chunks(12, settings), [_context()], ConstantNoise(), SHAPE)
     assert (uncut[:, :, 6:] - video[:, :, 6:]).abs().max() > 1e-6
+
+
+def _stream(model, settings: CausalSettings, frames: int) -> tuple[torch.Tensor, int]:
+    """All latents of a `frames`-frame video, and the KV cache's size in bytes."""
+    sampler = StreamingSampler(model, settings)
+    chunks = [c.latents for c in sampler.stream(plan_chunks(frames, settings), _context(), ConstantNoise(), SHAPE)]
+    return torch.cat(chunks, dim=2), sampler.cache.memory_bytes()
+
+
+def test_bounded_global_attention_rolls_past_its_trained_length_like_a_window(model):
+    """As in the reference, global attention over a cache of the trained length becomes a rolling
+    window of that length on longer videos, so memory stops growing there."""
+    steps = dict(chunk_frames=3, denoising_steps=(1000, 500))
+    bounded = CausalSettings(global_cache_frames=6, **steps)
+    short_bounded, _ = _stream(model, bounded, 6)
+    short_global, _ = _stream(model, CausalSettings(**steps), 6)
+    torch.testing.assert_close(short_bounded, short_global, rtol=0, atol=0)
+    long_bounded, memory = _stream(model, bounded, 15)
+    long_window, window_memory = _stream(model, CausalSettings(local_window=6, **steps), 15)
+    long_global, global_memory = _stream(model, CausalSettings(**steps), 15)
+    torch.testing.assert_close(long_bounded, long_window, rtol=0, atol=0)
+    assert (long_bounded - long_global).abs().max() > 1e-6
+    assert memory == window_memory < global_memory
