@@ -1,10 +1,13 @@
 """Where a training step of the world models spends its time: step rate and the top GPU kernels.
 
 Runs the VAE step (batch of 33-frame 128x128 clips) and the teacher step (flow matching on latents)
-of the `world` sizes with bf16 autocast, eager, as `train vae` / `train teacher` do, and prints the
-steps per second and the kernels that take most of the GPU time (torch.profiler).
+of the `world` sizes with bf16 autocast, as `train vae` / `train teacher` do, eager or with one of the
+speed-ups to try, and prints the steps per second and the kernels that take most of the GPU time
+(torch.profiler; `--top 0` skips it).
 
     python benchmarks/bench_training_step.py --steps 30 --top 12
+    python benchmarks/bench_training_step.py --top 0 --teacher-variants eager,blocks,whole \
+        --vae-variants eager,compiled,channels_last      # which speed-ups pay (compiled ones warm up first)
 """
 from __future__ import annotations
 
@@ -25,22 +28,38 @@ from selfforcing_core.training.vae_training import VAEAutoencoder, init_posterio
 from selfforcing_core.training.world_scene import WorldConfig  # noqa: E402
 from selfforcing_core.wan_vae import WanVAE  # noqa: E402
 
+StepFn = Callable[[torch.Generator], torch.Tensor]
+VARIANTS = {"teacher": ("eager", "blocks", "whole"), "vae": ("eager", "compiled", "channels_last")}
 
-def vae_step_fn(batch: int, device: torch.device) -> tuple[torch.nn.Module, Callable[[torch.Generator], torch.Tensor]]:
+
+def vae_step_fn(batch: int, device: torch.device, variant: str) -> tuple[torch.nn.Module, StepFn]:
+    """The VAE step; variants: eager, compiled (encoder + decoder, as `--compile`), channels_last (3D NHWC)."""
     vae = WanVAE(PRESETS["world"].vae).to(device)
     init_posterior(vae)
     model = VAEAutoencoder(vae)
     video, _ = world_clips(0, range(batch), WorldConfig(height=128, width=128, num_frames=33), device)
+    if variant == "compiled":
+        vae.encoder.compile()
+        vae.decoder.compile()
+    elif variant == "channels_last":
+        for conv in (m for m in vae.modules() if isinstance(m, torch.nn.Conv3d)):
+            conv.to(memory_format=torch.channels_last_3d)
+        video = video.contiguous(memory_format=torch.channels_last_3d)
     return model, lambda generator: vae_loss(model, video, generator)[0]
 
 
-def teacher_step_fn(batch: int, device: torch.device) -> tuple[torch.nn.Module, Callable[[torch.Generator], torch.Tensor]]:
+def teacher_step_fn(batch: int, device: torch.device, variant: str) -> tuple[torch.nn.Module, StepFn]:
+    """The teacher step; variants: eager, blocks (the blocks' fixed parts, as `--compile`), whole (one graph)."""
     sizes = PRESETS["world"]
     model = build_teacher(sizes.dit, sizes.text).to(device)
     tokens = CaptionTokens(sizes.text_len)
     latents = torch.randn(batch, 16, 9, 16, 16, device=device)
     ids, mask = tokens(["a red circle moves right across a blue background"] * batch)
     ids, mask = ids.to(device), mask.to(device)
+    if variant == "blocks":
+        model.dit.compile_blocks()
+    elif variant == "whole":
+        model.compile()
     return model, lambda generator: flow_matching_loss(model, latents, ids, mask, tokens.empty_ids, tokens.empty_mask,
                                                        generator, 3.0, 0.1)
 
@@ -70,6 +89,8 @@ def measure(name: str, model: torch.nn.Module, loss_fn, steps: int, top: int, de
     sync(device)
     seconds = (time.perf_counter() - began) / steps
     print(f"{name}: {1 / seconds:.1f} steps/s ({1000 * seconds:.1f} ms/step)")
+    if top <= 0:
+        return
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                             torch.profiler.ProfilerActivity.CUDA]) as profiler:
         for _ in range(3):
@@ -87,14 +108,20 @@ def main() -> None:
     parser.add_argument("--vae-batch", type=int, default=8)
     parser.add_argument("--teacher-batch", type=int, default=128)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--teacher-variants", default="eager", help=f"comma list of {VARIANTS['teacher']}")
+    parser.add_argument("--vae-variants", default="eager", help=f"comma list of {VARIANTS['vae']}")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     print(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch", torch.__version__)
-    measure("teacher", *teacher_step_fn(args.teacher_batch, device), args.steps, args.top, device)
-    measure("vae", *vae_step_fn(args.vae_batch, device), args.steps, args.top, device)
+    for variant in filter(None, args.teacher_variants.split(",")):
+        model, step = teacher_step_fn(args.teacher_batch, device, variant)
+        measure(f"teacher {variant}", model, step, args.steps, args.top, device)
+    for variant in filter(None, args.vae_variants.split(",")):
+        model, step = vae_step_fn(args.vae_batch, device, variant)
+        measure(f"vae {variant}", model, step, args.steps, args.top, device)
 
 
 if __name__ == "__main__":
