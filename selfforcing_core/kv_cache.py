@@ -202,6 +202,20 @@ class KVCache:
             return cached_k.index_copy(2, index, keys), cached_v.index_copy(2, index, values)
         return cached_k, cached_v
 
+    def hide_frames_from(self, end_frame: int) -> torch.Tensor | None:
+        """Key mask [1, 1, 1, visible tokens] for a chunk ending at `end_frame` that is written again:
+        False on slots holding frames at or after `end_frame` (None when there are none).
+
+        Re-encoding a wrapped window chunk by chunk finds the later frames already in the ring; as
+        when the chunk was first generated, it must not see them.
+        """
+        visible = self.layout.filled(end_frame - self.segment_offset)
+        keep = self.frame_of_slot[:visible] < end_frame
+        if bool(keep.all()):
+            return None
+        mask = keep.repeat_interleave(self.layout.frame_tokens).to(self.keys.device)
+        return mask.view(1, 1, 1, -1)
+
     def cached_frames(self) -> list[int]:
         """Frame indices currently held, in slot order."""
         return [f for f in self.frame_of_slot.tolist() if f >= 0]

@@ -223,18 +223,18 @@ class StreamingSampler:
     def _recache(self, cache: KVCache, clean: "CleanFrames", interrupt: Callable[[], None] | None) -> None:
         """Re-encode the cached frames under the new prompt (LongLive-style KV re-cache).
 
-        While the window has not wrapped, frames are rewritten chunk by chunk (block-causal, as first
-        written); once it has, the sink and then the whole window are rewritten in one pass each.
+        Frames are rewritten chunk by chunk in order and each chunk sees only the frames before its
+        end, as when it was generated (block-causal); in a wrapped window the later frames are
+        already in the ring and are masked out.
         """
         frames = sorted(cache.cached_frames())
         if not frames:
             return
-        wrapped = cache.end_frame - cache.segment_offset > cache.layout.capacity
-        step = cache.layout.ring_frames if wrapped else self.settings.chunk_frames
+        step = self.settings.chunk_frames
         for run in _runs(frames):
             for start in range(run[0], run[-1] + 1, step):
                 stop = min(start + step, run[-1] + 1)
-                self._context_pass(clean.latents(start, stop), start, cache, interrupt)
+                self._context_pass(clean.latents(start, stop), start, cache, interrupt, cache.hide_frames_from(stop))
 
     def _write_prefix(
         self, prefix: torch.Tensor, cache: KVCache, interrupt: Callable[[], None] | None
@@ -249,12 +249,13 @@ class StreamingSampler:
                               -1, is_prefix=True)
 
     def _context_pass(
-        self, clean: torch.Tensor, start: int, cache: KVCache, interrupt: Callable[[], None] | None
+        self, clean: torch.Tensor, start: int, cache: KVCache, interrupt: Callable[[], None] | None,
+        key_mask: torch.Tensor | None = None,
     ) -> None:
         if interrupt is not None:
             interrupt()
         t = torch.full(clean.shape[:1] + clean.shape[2:3], float(self.settings.context_noise), device=clean.device)
-        self.model(clean, t, cache=cache, start_frame=start)
+        self.model(clean, t, cache=cache, start_frame=start, attn_mask=key_mask)
 
     def _timesteps(self, steps: Sequence[int]) -> torch.Tensor:
         if self.settings.warp_steps:

@@ -298,8 +298,9 @@ class CausalWanModel(nn.Module):
 
         With `cache`, x is the chunk starting at `start_frame`: its K/V are written into the cache
         and it attends to everything the cache holds; the prompt comes from the cache (set from
-        `context` if the cache has none yet). Without a cache, x is the whole sequence and
-        `attn_mask` (e.g. `block_causal_mask`) decides who sees whom (None = bidirectional).
+        `context` if the cache has none yet); `attn_mask` may then hide cached frames (a key mask over
+        the cache's visible slots, e.g. `KVCache.hide_frames_from`). Without a cache, x is the whole
+        sequence and `attn_mask` (e.g. `block_causal_mask`) decides who sees whom (None = bidirectional).
         """
         batch, _, frames, height, width = x.shape
         if t.shape != (batch, frames):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from selfforcing_core.config import CausalSettings
-from selfforcing_core.sampler import StreamingSampler, plan_chunks
+from selfforcing_core.sampler import CleanFrames, StreamingSampler, plan_chunks
 
 from tiny_models import TINY
 
@@ -126,3 +126,33 @@ def test_bounded_global_attention_rolls_past_its_trained_length_like_a_window(mo
     torch.testing.assert_close(long_bounded, long_window, rtol=0, atol=0)
     assert (long_bounded - long_global).abs().max() > 1e-6
     assert memory == window_memory < global_memory
+
+
+def test_a_wrapped_window_is_re_encoded_block_causally(model):
+    """After a prompt switch, a chunk re-encoded in a wrapped window must not see the frames after it,
+    even though they are already in the ring (as when it was generated)."""
+    settings = CausalSettings(chunk_frames=3, local_window=6, sink_frames=3, denoising_steps=(1000,))
+    generator = torch.Generator().manual_seed(7)
+    video = torch.randn(1, 16, 18, 4, 4, dtype=torch.float64, generator=generator)
+    t = torch.zeros(1, 3, dtype=torch.float64)
+
+    def recached_keys(later: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cache keys of frames 12-14 and 15-17 after a switch, with frames 15-17 set to `later`."""
+        frames = video.clone()
+        frames[:, :, 15:] = later
+        cache = model.new_cache(1, 4, 4, local_window=6, sink_frames=3)
+        clean = CleanFrames()
+        for start in range(0, 18, 3):
+            model(frames[:, :, start : start + 3], t, _context(0), cache=cache, start_frame=start)
+            clean.add(start, frames[:, :, start : start + 3], cache.cached_frames())
+        model.set_prompt(cache, _context(1))
+        StreamingSampler(model, settings)._recache(cache, clean, None)
+        tokens = cache.layout.frame_tokens
+        first, second = (cache.layout.slot(frame) * tokens for frame in (12, 15))
+        return (cache.keys[:, :, :, first : first + 3 * tokens].clone(),
+                cache.keys[:, :, :, second : second + 3 * tokens].clone())
+
+    one = recached_keys(torch.randn(1, 16, 3, 4, 4, dtype=torch.float64, generator=generator))
+    other = recached_keys(torch.randn(1, 16, 3, 4, 4, dtype=torch.float64, generator=generator))
+    torch.testing.assert_close(one[0], other[0], rtol=0, atol=0)
+    assert (one[1] - other[1]).abs().max() > 1e-6
