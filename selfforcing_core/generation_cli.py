@@ -8,16 +8,18 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections import deque
 
 import torch
 
 from .checkpoint import load_transformer
 from .keyframe_prefix import END_MODES, trained_with_goal
-from .keyframes import encode_keyframe
+from .keyframes import encode_clip, encode_keyframe, prepare_keyframe
 from .pipeline import GenerationRequest, PromptSegment, VideoPipeline
 from .text_encoder_loading import load_text_encoder
 from .vae_loading import load_video_decoder, load_wan_vae
-from .video_geometry import FPS, seconds_to_frames
+from .wan_vae import WanVAE
+from .video_geometry import FPS, seconds_to_frames, video_frames_for
 
 MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
 DEFAULT_MODEL = os.path.join(MODELS_DIR, "world_causal.safetensors")
@@ -40,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", help="comma-separated denoising steps, e.g. 1000,750,500,250")
     parser.add_argument("--start-image", help="image the video starts from")
+    parser.add_argument("--extend", metavar="VIDEO",
+                        help="continue this video: it is copied into --out, its last frames become the clean prefix, "
+                             "and --seconds / --switch-at count from its end")
     parser.add_argument("--end-image", help="image the video should end on")
     parser.add_argument("--end-strength", type=float, default=0.5, help="guidance's pull towards the end image (0..1)")
     parser.add_argument("--end-mode", choices=END_MODES, default="auto",
@@ -56,6 +61,23 @@ def _read_image(path: str) -> torch.Tensor:
     import imageio.v3 as iio
 
     return torch.from_numpy(iio.imread(path))
+
+
+def _copy_and_encode_tail(path: str, writer, vae: WanVAE, width: int, height: int, tail: int) -> torch.Tensor:
+    """Write the video at `path` (fitted to width x height) into `writer` frame by frame and return the
+    latents of its last 1 + 4k <= `tail` frames, the prefix a continuation starts from."""
+    from .video_export import iter_frames
+
+    kept: deque[torch.Tensor] = deque(maxlen=tail)
+    for array in iter_frames(path):
+        frame = torch.from_numpy(array.copy())
+        pixels = prepare_keyframe(frame, width, height)[0]
+        writer.write(((pixels.permute(1, 2, 0) + 1) / 2).unsqueeze(0))
+        kept.append(frame)
+    if not kept:
+        raise SystemExit(f"{path} has no frames to continue from")
+    usable = 1 + 4 * ((len(kept) - 1) // 4)
+    return encode_clip(vae, torch.stack(list(kept)[-usable:]), width, height)
 
 
 def _model_size(metadata: dict[str, str]) -> tuple[int, int]:
@@ -78,30 +100,39 @@ def run(args: argparse.Namespace) -> str:
     prompts = args.prompt or [DEFAULT_PROMPT]
     if len(args.switch_at) != len(prompts) - 1:
         raise SystemExit(f"{len(prompts)} prompts need {len(prompts) - 1} --switch-at seconds, got {len(args.switch_at)}")
-    starts = [0.0] + list(args.switch_at)
-    segments = [PromptSegment(text_encoder(p).embeddings, seconds_to_frames(s) if s else 0)
-                for p, s in zip(prompts, starts)]
-    start = end = None
-    if args.start_image or args.end_image:
-        vae = load_wan_vae(args.vae, dtype=dtype, device=device)
-        start = encode_keyframe(vae, _read_image(args.start_image), width, height) if args.start_image else None
-        end = encode_keyframe(vae, _read_image(args.end_image), width, height) if args.end_image else None
+    if args.extend and args.start_image:
+        raise SystemExit("--extend continues a video from its own last frames; leave out --start-image")
+    embeddings = [text_encoder(p).embeddings for p in prompts]
+    switches = [seconds_to_frames(s) if s else 0 for s in args.switch_at]
+    needs_encoder = args.start_image or args.end_image or args.extend
+    vae = load_wan_vae(args.vae, dtype=dtype, device=device) if needs_encoder else None
+    start = encode_keyframe(vae, _read_image(args.start_image), width, height) if args.start_image else None
+    end = encode_keyframe(vae, _read_image(args.end_image), width, height) if args.end_image else None
     steps = tuple(int(s) for s in args.steps.split(",")) if args.steps else None
-    request = GenerationRequest(segments, width, height, seconds_to_frames(args.seconds), seed=args.seed,
-                                steps=steps, start_latent=start, end_latent=end, end_strength=args.end_strength,
-                                end_mode=args.end_mode)
-
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     pipeline = VideoPipeline(loaded.model, loaded.settings, decoder,
                              goal_prefix_trained=trained_with_goal(loaded.metadata))
-    began, first, frames = time.perf_counter(), None, 0
     from .video_export import VideoWriter  # needs imageio-ffmpeg, which the training commands' parser must not
 
     with VideoWriter(args.out, fps=FPS) as writer:
+        context = 0  # frames of the continued video that open the request (its clean prefix)
+        if args.extend:
+            tail = video_frames_for(max(loaded.settings.chunk_frames, 3))
+            start = _copy_and_encode_tail(args.extend, writer, vae, width, height, tail)
+            context = video_frames_for(start.shape[2])
+        segments = [PromptSegment(embeddings[0], 0)]
+        segments += [PromptSegment(e, context + frame) for e, frame in zip(embeddings[1:], switches)]
+        new_frames = seconds_to_frames(args.seconds)
+        request = GenerationRequest(segments, width, height, context + new_frames, seed=args.seed, steps=steps,
+                                    start_latent=start, end_latent=end, end_strength=args.end_strength,
+                                    end_mode=args.end_mode)
+        began, first, frames = time.perf_counter(), None, 0
         for chunk in pipeline.stream(request):
             first = first if first is not None else time.perf_counter() - began
-            writer.write(chunk.frames[0])
-            frames += chunk.frames.shape[1]
+            video = chunk.frames[0][max(0, context - chunk.start_frame):][: new_frames - frames]
+            if video.shape[0]:
+                writer.write(video)
+                frames += video.shape[0]
             print(f"chunk {chunk.index + 1}/{chunk.num_chunks}: frames {chunk.start_frame}-{chunk.end_frame} "
                   f"(model {chunk.model_seconds:.2f}s, decode {chunk.decode_seconds:.2f}s)", flush=True)
     total = time.perf_counter() - began

@@ -47,6 +47,16 @@ def encode_keyframe(vae: WanVAE, image: torch.Tensor, width: int, height: int) -
     return vae.encode(frames.unsqueeze(2))
 
 
+def encode_clip(vae: WanVAE, frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Normalised latents [1, z_dim, 1 + (T - 1) / 4, height/8, width/8] of a clip's frames [T, H, W, C],
+    T = 1 + 4k: the last frames of a video that a continuation takes as its clean prefix."""
+    count = frames.shape[0]
+    if count < 1 or (count - 1) % 4:
+        raise ValueError(f"a clip to encode needs 1 + 4k frames (the VAE's time steps), got {count}")
+    clip = prepare_keyframe(frames, width, height)
+    return vae.encode(clip.transpose(0, 1).unsqueeze(0))
+
+
 def prepare_keyframe(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """An image [H, W, C] or batch [B, H, W, C] (uint8, or float in [0, 1]) -> [B, 3, height, width] in [-1, 1].
 

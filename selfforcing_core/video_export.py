@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Sequence, TypeVar
+from typing import Any, Iterator, Sequence, TypeVar
 
 import imageio_ffmpeg
 import numpy as np
@@ -200,18 +200,30 @@ class VideoInfo:
 
 def read_video(path: str) -> VideoInfo:
     """Decode a whole video once, keeping only the first and last frames (uint8 RGB)."""
-    reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
-    meta = next(reader)
-    width, height = meta["size"]
+    meta, frames = _decode(path)
     first = last = None
     count = 0
-    for raw in reader:
-        frame = np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
+    for frame in frames:
         if first is None:
             first = frame
         last = frame
         count += 1
     if first is None:
         raise ValueError(f"{path} has no video frames")
+    width, height = meta["size"]
     return VideoInfo(width, height, count, float(meta["fps"]), meta["codec"].split()[0],
                      meta["pix_fmt"].split("(")[0], first, last)
+
+
+def iter_frames(path: str) -> Iterator[np.ndarray]:
+    """The frames of a video file one at a time (uint8 RGB [H, W, 3]), so a long one never fills memory."""
+    return _decode(path)[1]
+
+
+def _decode(path: str) -> tuple[dict[str, Any], Iterator[np.ndarray]]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no video file at {path}")
+    reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
+    meta = next(reader)
+    width, height = meta["size"]
+    return meta, (np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3) for raw in reader)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from selfforcing_core.keyframes import encode_keyframe, encode_keyframes, prepare_keyframe
+from selfforcing_core.keyframes import encode_clip, encode_keyframe, encode_keyframes, prepare_keyframe
 from selfforcing_core.vae_loading import wan_vae_from_state_dict
 
 CASE = Path(__file__).parent / "golden" / "wan_vae_tiny.safetensors"
@@ -66,6 +66,17 @@ def test_start_and_end_keyframes_become_one_latent_frame_each(vae):
     assert only_end.start is None and torch.equal(only_end.end, latents.end)
     with pytest.raises(ValueError, match="start and/or an end"):
         encode_keyframes(vae, width=48, height=32)
+
+
+def test_a_clip_of_frames_is_encoded_as_one_causal_video(vae):
+    frames = torch.randint(0, 256, (9, 40, 40, 3), dtype=torch.uint8)
+    latents = encode_clip(vae, frames, width=48, height=32)
+    assert latents.shape == (1, 16, 3, 4, 6)
+    clip = prepare_keyframe(frames, 48, 32).transpose(0, 1).unsqueeze(0)
+    assert torch.equal(latents, vae.encode(clip))
+    assert torch.equal(latents[:, :, :1], encode_keyframe(vae, frames[0], 48, 32))
+    with pytest.raises(ValueError, match="1 \\+ 4k frames"):
+        encode_clip(vae, frames[:8], width=48, height=32)
 
 
 def test_alpha_channel_is_refused_with_a_fix(vae):
