@@ -23,12 +23,12 @@ class KeyframeImages:
 
 
 def check_images(start: torch.Tensor | None, end: torch.Tensor | None) -> None:
-    """At least one keyframe; start and end framed alike (same size), one image each."""
+    """At least one keyframe; start and end framed alike (same size); one end image (several start
+    images are the end of a video to continue)."""
     if start is None and end is None:
         raise ValueError("connect a start_image and/or an end_image to the keyframes node")
-    for name, image in (("start_image", start), ("end_image", end)):
-        if image is not None and image.shape[0] != 1:
-            raise ValueError(f"{name} is a batch of {image.shape[0]} images; pass one image (e.g. ImageFromBatch)")
+    if end is not None and end.shape[0] != 1:
+        raise ValueError(f"end_image is a batch of {end.shape[0]} images; pass one image (e.g. ImageFromBatch)")
     if start is not None and end is not None and start.shape[1:3] != end.shape[1:3]:
         raise ValueError(
             f"end_image is {end.shape[2]}x{end.shape[1]} but start_image is {start.shape[2]}x{start.shape[1]}; "
@@ -48,7 +48,10 @@ class SelfForcingKeyframes(io.ComfyNode):
             inputs=[
                 io.MultiType.Input("vae", types=[io.Vae, types.Vae],
                                    tooltip="The Wan2.1 VAE (VAELoader wan_2.1_vae, or the Self-Forcing VAE loader)."),
-                io.Image.Input("start_image", optional=True, tooltip="The first frame of the video."),
+                io.Image.Input("start_image", optional=True,
+                               tooltip="The first frame of the video; or several frames (the end of a video, e.g. "
+                                       "a sampler's images): the new video continues their motion from the last 9, "
+                                       "which it re-decodes as its first frames."),
                 io.Image.Input("end_image", optional=True, tooltip="The frame the video should end on."),
                 io.Float.Input("end_strength", default=0.5, min=0.0, max=1.0, step=0.05,
                                tooltip="How strongly the chunks before the last are pulled towards the end image "

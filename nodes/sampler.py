@@ -129,7 +129,9 @@ class SelfForcingSampler(io.ComfyNode):
         request = GenerationRequest(prompts=segments, width=width, height=height, num_frames=num_frames, seed=seed,
                                     batch_size=batch_size, steps=parse_steps(steps))
         if keyframes is not None:
-            encoded = encode_keyframes(keyframe_encoder(keyframes.vae), width, height, keyframes.start, keyframes.end)
+            continues = keyframes.start is not None and keyframes.start.shape[0] > 1
+            encoded = encode_keyframes(keyframe_encoder(keyframes.vae), width, height, keyframes.start, keyframes.end,
+                                       continue_video=continues)
             request.start_latent, request.end_latent = encoded.start, encoded.end
             request.end_strength, request.end_mode = keyframes.end_strength, keyframes.end_mode
         decoder = chunk_decoder(vae) if vae is not None else None

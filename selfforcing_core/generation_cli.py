@@ -14,7 +14,7 @@ import torch
 
 from .checkpoint import load_transformer
 from .keyframe_prefix import END_MODES, trained_with_goal
-from .keyframes import encode_clip, encode_keyframe, prepare_keyframe
+from .keyframes import CONTINUATION_FRAMES, encode_continuation, encode_keyframe, prepare_keyframe
 from .pipeline import GenerationRequest, PromptSegment, VideoPipeline
 from .text_encoder_loading import load_text_encoder
 from .vae_loading import load_video_decoder, load_wan_vae
@@ -63,12 +63,12 @@ def _read_image(path: str) -> torch.Tensor:
     return torch.from_numpy(iio.imread(path))
 
 
-def _copy_and_encode_tail(path: str, writer, vae: WanVAE, width: int, height: int, tail: int) -> torch.Tensor:
+def _copy_and_encode_tail(path: str, writer, vae: WanVAE, width: int, height: int) -> torch.Tensor:
     """Write the video at `path` (fitted to width x height) into `writer` frame by frame and return the
-    latents of its last 1 + 4k <= `tail` frames, the prefix a continuation starts from."""
+    latents of its last frames, the prefix a continuation starts from (`encode_continuation`)."""
     from .video_export import iter_frames
 
-    kept: deque[torch.Tensor] = deque(maxlen=tail)
+    kept: deque[torch.Tensor] = deque(maxlen=CONTINUATION_FRAMES)
     for array in iter_frames(path):
         frame = torch.from_numpy(array.copy())
         pixels = prepare_keyframe(frame, width, height)[0]
@@ -76,8 +76,7 @@ def _copy_and_encode_tail(path: str, writer, vae: WanVAE, width: int, height: in
         kept.append(frame)
     if not kept:
         raise SystemExit(f"{path} has no frames to continue from")
-    usable = 1 + 4 * ((len(kept) - 1) // 4)
-    return encode_clip(vae, torch.stack(list(kept)[-usable:]), width, height)
+    return encode_continuation(vae, torch.stack(list(kept)), width, height)
 
 
 def _model_size(metadata: dict[str, str]) -> tuple[int, int]:
@@ -117,8 +116,7 @@ def run(args: argparse.Namespace) -> str:
     with VideoWriter(args.out, fps=FPS) as writer:
         context = 0  # frames of the continued video that open the request (its clean prefix)
         if args.extend:
-            tail = video_frames_for(max(loaded.settings.chunk_frames, 3))
-            start = _copy_and_encode_tail(args.extend, writer, vae, width, height, tail)
+            start = _copy_and_encode_tail(args.extend, writer, vae, width, height)
             context = video_frames_for(start.shape[2])
         segments = [PromptSegment(embeddings[0], 0)]
         segments += [PromptSegment(e, context + frame) for e, frame in zip(embeddings[1:], switches)]

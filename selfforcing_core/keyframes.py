@@ -21,6 +21,9 @@ from .wan_vae import WanVAE
 
 SIZE_MULTIPLE = 16  # 8x VAE downsampling, then the transformer's 2x2 latent patches
 
+# A continuation starts from the last 9 frames of a video: one chunk of 3 latent frames.
+CONTINUATION_FRAMES = 9
+
 
 class KeyframeLatents(NamedTuple):
     """Latents of the start and end keyframes; None where no keyframe was given."""
@@ -30,13 +33,19 @@ class KeyframeLatents(NamedTuple):
 
 
 def encode_keyframes(
-    vae: WanVAE, width: int, height: int, start: torch.Tensor | None = None, end: torch.Tensor | None = None
+    vae: WanVAE, width: int, height: int, start: torch.Tensor | None = None, end: torch.Tensor | None = None,
+    continue_video: bool = False,
 ) -> KeyframeLatents:
-    """Encode the given start and/or end keyframe images (see `prepare_keyframe` for the input forms)."""
+    """Encode the given start and/or end keyframe images (see `prepare_keyframe` for the input forms).
+
+    With `continue_video`, `start` is the end of a video [T, H, W, C] that the new one continues
+    (`encode_continuation`) instead of one start image (or one per video of a batch).
+    """
     if start is None and end is None:
         raise ValueError("give a start and/or an end keyframe image")
+    encode_start = encode_continuation if continue_video else encode_keyframe
     return KeyframeLatents(
-        start=None if start is None else encode_keyframe(vae, start, width, height),
+        start=None if start is None else encode_start(vae, start, width, height),
         end=None if end is None else encode_keyframe(vae, end, width, height),
     )
 
@@ -55,6 +64,16 @@ def encode_clip(vae: WanVAE, frames: torch.Tensor, width: int, height: int) -> t
         raise ValueError(f"a clip to encode needs 1 + 4k frames (the VAE's time steps), got {count}")
     clip = prepare_keyframe(frames, width, height)
     return vae.encode(clip.transpose(0, 1).unsqueeze(0))
+
+
+def encode_continuation(vae: WanVAE, frames: torch.Tensor, width: int, height: int,
+                        max_frames: int = CONTINUATION_FRAMES) -> torch.Tensor:
+    """Latents of the last 1 + 4k <= `max_frames` frames of a video [T, H, W, C]: the clean prefix a
+    continuation starts from, so it carries on the video's motion and not only its last image."""
+    if frames.shape[0] < 1 or max_frames < 1:
+        raise ValueError("a continuation needs at least one frame of the video it continues")
+    usable = 1 + 4 * ((min(frames.shape[0], max_frames) - 1) // 4)
+    return encode_clip(vae, frames[-usable:], width, height)
 
 
 def prepare_keyframe(image: torch.Tensor, width: int, height: int) -> torch.Tensor:

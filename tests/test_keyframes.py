@@ -7,7 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from selfforcing_core.keyframes import encode_clip, encode_keyframe, encode_keyframes, prepare_keyframe
+from selfforcing_core.keyframes import (
+    encode_clip,
+    encode_continuation,
+    encode_keyframe,
+    encode_keyframes,
+    prepare_keyframe,
+)
 from selfforcing_core.vae_loading import wan_vae_from_state_dict
 
 CASE = Path(__file__).parent / "golden" / "wan_vae_tiny.safetensors"
@@ -77,6 +83,14 @@ def test_a_clip_of_frames_is_encoded_as_one_causal_video(vae):
     assert torch.equal(latents[:, :, :1], encode_keyframe(vae, frames[0], 48, 32))
     with pytest.raises(ValueError, match="1 \\+ 4k frames"):
         encode_clip(vae, frames[:8], width=48, height=32)
+
+
+def test_a_continuation_starts_from_the_last_frames_of_a_video(vae):
+    video = torch.randint(0, 256, (12, 32, 48, 3), dtype=torch.uint8)
+    latents = encode_keyframes(vae, width=48, height=32, start=video, continue_video=True)
+    assert torch.equal(latents.start, encode_clip(vae, video[-9:], width=48, height=32))
+    assert encode_continuation(vae, video[:6], width=48, height=32).shape[2] == 2  # its last 5 frames
+    assert torch.equal(encode_continuation(vae, video[:1], 48, 32), encode_keyframe(vae, video[0], 48, 32))
 
 
 def test_alpha_channel_is_refused_with_a_fix(vae):

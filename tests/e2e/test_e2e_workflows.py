@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from comfy_client import ComfyClient
 from comfy_server import ComfyServer
 from conftest import output_file
-from selfforcing_core.keyframes import encode_keyframe
-from selfforcing_core.video_export import read_video
+from selfforcing_core.keyframes import encode_continuation, encode_keyframe
+from selfforcing_core.video_export import iter_frames, read_video
 from tiny_weights import tiny_vae
 import workflows
 
@@ -88,6 +88,29 @@ def test_start_and_end_keyframes(comfy_server: ComfyServer, comfy: ComfyClient, 
     error = luma_error(info.first_frame, expected)
     assert error < 2.0
     assert luma_error(plain.first_frame, expected) > 5 * error
+
+
+def test_a_sampler_continues_another_ones_video(comfy: ComfyClient, comfy_server: ComfyServer,
+                                               tiny_models: dict[str, str]) -> None:
+    entry = comfy.run(workflows.continued_video())
+    assert entry["finished"]["type"] == "execution_success"
+    first, continued = (_saved(comfy_server, entry, node) for node in ("6", "11"))
+    frames = torch.from_numpy(np.stack(list(iter_frames(str(first)))))
+    info = read_video(str(continued))
+    assert (info.width, info.height, info.frame_count) == (32, 32, 25)
+    vae = tiny_vae()
+    latents = encode_continuation(vae, frames, 32, 32)
+    assert latents.shape[2] == 3  # its last 9 frames
+    expected = vae.decode(latents)[0, :, 0].permute(1, 2, 0).mul(0.5).add(0.5).clamp(0, 1).mul(255).numpy()
+    error = luma_error(info.first_frame, expected)  # the first video's mp4 coding error included
+    assert error < 6.0
+    assert luma_error(read_video(str(first)).first_frame, expected) > 2 * error
+
+
+def _saved(server: ComfyServer, entry: dict, node: str):
+    """The file save node `node` of a finished prompt wrote."""
+    item = entry["outputs"][node]["images"][0]
+    return server.base_dir / item["type"] / item["subfolder"] / item["filename"]
 
 
 def luma_error(frame: np.ndarray, expected: np.ndarray) -> float:

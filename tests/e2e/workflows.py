@@ -42,6 +42,19 @@ def keyframes_video(start_image: str, end_image: str, width: int = 32, height: i
     return prompt
 
 
+def continued_video(length: float = 25, prefix: str = "e2e/continued") -> dict[str, Any]:
+    """t2v, then a second sampler that continues the first one's frames (all of them as start_image)."""
+    prompt = _base(32, 32, length, 0, prefix)
+    prompt["6"]["inputs"]["filename_prefix"] = f"{prefix}_first"
+    prompt["9"] = {"class_type": "SelfForcingKeyframes", "inputs": {"vae": ["4", 0], "start_image": ["5", 1],
+                                                                    "end_strength": 0.5}}
+    prompt["10"] = {"class_type": "SelfForcingSampler",
+                    "inputs": {**prompt["5"]["inputs"], "seed": 1, "keyframes": ["9", 0]}}
+    prompt["11"] = {"class_type": "SelfForcingSaveVideo",
+                    "inputs": {"images": ["10", 1], "filename_prefix": prefix, "format": "mp4", "fps": 16.0, "crf": 10}}
+    return prompt
+
+
 def scheduled_video(schedule: str, length: float = 49, prefix: str = "e2e/schedule") -> dict[str, Any]:
     """t2v with a prompt schedule instead of one prompt."""
     prompt = _base(32, 32, length, 0, prefix)
