@@ -151,7 +151,7 @@ def run_stream(
         chunk_seconds.append(time.perf_counter() - last)
         cpu_seconds.append(time.process_time() - last_cpu)
         model_seconds.append(chunk.model_seconds)
-        frames = chunk.end_frame
+        frames = min(chunk.end_frame, request.num_frames)  # the last chunk may decode past the length
         timeline.after(chunk.end_frame / FPS)
         last, last_cpu = time.perf_counter(), time.process_time()
     return StreamRun(chunk_seconds, cpu_seconds, model_seconds, timeline.marks, time.perf_counter() - began, frames)

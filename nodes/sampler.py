@@ -143,7 +143,7 @@ class SelfForcingSampler(io.ComfyNode):
             preview = LivePreview(str(cls.hidden.unique_id), current_prompt_id(), width, height, num_frames, FPS)
         if filename_prefix.strip():
             paths, saved = output_files(filename_prefix, width, height, batch_size, "mp4")
-            files = BatchVideoWriter(paths, fps=FPS)
+            files = BatchVideoWriter(paths, fps=FPS, growing=True)
         collected = VideoCollector(num_frames, keep_frames)
         try:
             cls._run(pipeline, request, collected, preview, files, texts_by_start(segments, texts))

@@ -52,7 +52,7 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     vae.add_argument("--bank-clips", type=int, default=0,
                      help="keep this many clips on the device and sample batches from them (0: render each step's)")
     vae.add_argument("--bank-refresh-every", type=int, default=16,
-                     help="steps between bank refreshes (64 new clips each)")
+                     help="steps between bank refreshes (each renders 64 new clips, or the whole bank if smaller)")
     vae.add_argument("--compile", action="store_true", help="torch.compile the encoder and decoder")
 
     teacher = stages.add_parser("teacher", help="train the bidirectional DiT + text encoder on VAE latents")

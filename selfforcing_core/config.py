@@ -57,8 +57,8 @@ class CausalSettings:
     attention over everything generated so far. `rebase_sink` keeps the sink just before the window
     (a trained distance) on long videos; the reference keeps it at its first positions.
     `recache_on_prompt_change` re-encodes the cached frames under a new prompt (smooth switch).
-    `global_cache_frames` bounds global attention as the reference does: its cache holds the 21
-    latent frames the models were trained on and rolls like a window past them (None: unbounded).
+    `global_cache_frames` bounds global attention: the reference's cache holds the 21 latent frames
+    the models were trained on and stops there; this one rolls like a window past them (None: unbounded).
     """
 
     chunk_frames: int = 3

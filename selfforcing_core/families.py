@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from .config import CausalSettings
 
-# Global attention in the reference: a cache of the 21 latent frames (81 video frames) it was trained on,
-# rolling past them, so a longer video keeps a constant memory and the distances it was trained for.
-_CHUNKS = CausalSettings(chunk_frames=3, global_cache_frames=21)
+# Global attention: the reference's cache holds the 21 latent frames (81 video frames) these models were
+# trained on and cannot go past them; here it rolls like a window beyond them instead, so a longer video
+# keeps a constant memory and the attention distances the model was trained for.
+_CHUNKWISE_21 = CausalSettings(chunk_frames=3, global_cache_frames=21)
 
 
 @dataclass(frozen=True)
@@ -29,17 +30,17 @@ class Family:
 
 FAMILIES: tuple[Family, ...] = (
     Family("causal_forcing_framewise", r"causal[_-]?forcing.*(frame|fw)|(frame|fw).*causal[_-]?forcing",
-           _CHUNKS.with_(chunk_frames=1), "Causal Forcing frame-wise models"),
-    Family("causal_forcing", r"causal[_-]?forcing", _CHUNKS,
+           _CHUNKWISE_21.with_(chunk_frames=1), "Causal Forcing frame-wise models"),
+    Family("causal_forcing", r"causal[_-]?forcing", _CHUNKWISE_21,
            "Causal Forcing chunk-wise: a drop-in replacement for Self Forcing"),
     Family("longlive", r"long[_-]?live", CausalSettings(chunk_frames=3, local_window=12, sink_frames=3),
            "LongLive: local window and a one-chunk attention sink"),
     Family("rolling_forcing", r"rolling[_-]?forcing", CausalSettings(chunk_frames=3, local_window=12, sink_frames=3),
            "Rolling Forcing: attention sink with a rolling window (window size assumed as LongLive's)"),
-    Family("causvid", r"causvid", _CHUNKS, "CausVid"),
-    Family("self_forcing", r"self[_-]?forcing", _CHUNKS, "Self Forcing (DMD, SiD and GAN variants)"),
+    Family("causvid", r"causvid", _CHUNKWISE_21, "CausVid"),
+    Family("self_forcing", r"self[_-]?forcing", _CHUNKWISE_21, "Self Forcing (DMD, SiD and GAN variants)"),
 )
-DEFAULT_FAMILY = Family("causal_wan", r"", _CHUNKS, "an unrecognised causal Wan model")
+DEFAULT_FAMILY = Family("causal_wan", r"", _CHUNKWISE_21, "an unrecognised causal Wan model")
 
 
 def detect_family(path: str, declared: str | None = None) -> Family:

@@ -111,9 +111,9 @@ def run(args: argparse.Namespace) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     pipeline = VideoPipeline(loaded.model, loaded.settings, decoder,
                              goal_prefix_trained=trained_with_goal(loaded.metadata))
-    from .video_export import VideoWriter  # needs imageio-ffmpeg, which the training commands' parser must not
+    from .video_export import VideoWriter  # imageio-ffmpeg: the training commands' parser must not need it
 
-    with VideoWriter(args.out, fps=FPS) as writer:
+    with VideoWriter(args.out, fps=FPS, growing=True) as writer:
         context = 0  # frames of the continued video that open the request (its clean prefix)
         if args.extend:
             start = _copy_and_encode_tail(args.extend, writer, vae, width, height)

@@ -72,6 +72,17 @@ class KeyframePrefix:
         """Latent frames of the video that the prefix holds (the start keyframe's)."""
         return self.frames - self.hidden
 
+    def check_kept(self, num_frames: int, settings: CausalSettings) -> None:
+        """Refuse a goal that the cache would drop before the end: a rolling window keeps only its sink."""
+        frames = num_frames + self.hidden
+        window = settings.attention_window(frames)
+        rolls = window is not None and frames > window + settings.sink_frames
+        if self.hidden and rolls and settings.sink_frames < self.hidden:
+            raise ValueError(
+                f"the end image is a goal frame at the front of the cache, but this model's cache rolls (a "
+                f"{window}-frame window, {settings.sink_frames} sink frames) and would drop it before the end; "
+                "keep it with sink_frames >= 1 in the model loader, or use end_mode 'guidance'")
+
     def plan(self, num_frames: int, settings: CausalSettings, first_chunk_steps: Sequence[int] | None = None,
              prompt_starts: Sequence[int] = (), prompt_cuts: Sequence[bool] = ()) -> list[ChunkPlan]:
         """The chunks after the prefix for a video of `num_frames` latent frames (the start keyframe's

@@ -207,7 +207,7 @@ class KVCache:
         False on slots holding frames at or after `end_frame` (None when there are none).
 
         Re-encoding a wrapped window chunk by chunk finds the later frames already in the ring; as
-        when the chunk was first generated, it must not see them.
+        when the chunk was generated, it must not see them.
         """
         visible = self.layout.filled(end_frame - self.segment_offset)
         keep = self.frame_of_slot[:visible] < end_frame

@@ -148,6 +148,7 @@ class VideoPipeline:
         prefix = KeyframePrefix.of(start, end if end_mode == GOAL_PREFIX else None)
         if total <= prefix.start_frames:
             raise ValueError(f"{request.num_frames} frames leave nothing to generate after the start keyframe")
+        prefix.check_kept(total, self.settings)
 
         segments = sorted(request.prompts, key=lambda s: s.start_frame)
         contexts = [_batched(s.embeddings, batch, "prompt embeddings") for s in segments]

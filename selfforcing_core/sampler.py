@@ -223,11 +223,12 @@ class StreamingSampler:
     def _recache(self, cache: KVCache, clean: "CleanFrames", interrupt: Callable[[], None] | None) -> None:
         """Re-encode the cached frames under the new prompt (LongLive-style KV re-cache).
 
-        Frames are rewritten chunk by chunk in order and each chunk sees only the frames before its
-        end, as when it was generated (block-causal); in a wrapped window the later frames are
-        already in the ring and are masked out.
+        Frames are rewritten chunk by chunk in order, and each chunk sees only the cached frames before
+        its end (block-causal); in a wrapped window the later frames, already in the ring, are masked
+        out. This approximates how they were generated: frames that have left the window are gone.
+        A sink kept across a hard cut is an anchor from the scene before and stays as it is.
         """
-        frames = sorted(cache.cached_frames())
+        frames = sorted(f for f in cache.cached_frames() if f >= cache.segment_offset)
         if not frames:
             return
         step = self.settings.chunk_frames

@@ -32,6 +32,7 @@ FORMATS: dict[str, VideoFormat] = {
                                                "-row-mt", "1")),
 }
 
+
 def video_format(path: str, fmt: str | None = None) -> str:
     """The format name for `path` ("mp4" or "webm"), from `fmt` or else the file suffix."""
     name = (fmt or os.path.splitext(path)[1].lstrip(".")).lower()
@@ -99,8 +100,12 @@ class VideoWriter(_FinishedOnExit):
     exception inside the `with` block the partial file is removed.
     """
 
-    def __init__(self, path: str, fps: float = 16.0, crf: int | None = None, fmt: str | None = None):
+    def __init__(self, path: str, fps: float = 16.0, crf: int | None = None, fmt: str | None = None,
+                 growing: bool = False):
+        """`growing`: a fragmented mp4 for long streams, playable up to its last fragment while it is
+        written (or if the process dies) and never rewritten at the end as `+faststart` files are."""
         self.path = path
+        self.growing = growing
         self.format = video_format(path, fmt)
         spec = FORMATS[self.format]
         self.crf = spec.default_crf if crf is None else int(crf)
@@ -134,12 +139,15 @@ class VideoWriter(_FinishedOnExit):
 
     def _open(self, size: tuple[int, int]) -> None:
         spec = FORMATS[self.format]
+        params = list(spec.extra_params)
+        if self.growing and self.format == "mp4":
+            params[params.index("+faststart")] = "+frag_keyframe+empty_moov+default_base_moof"
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self.size = size
         self._encoder = imageio_ffmpeg.write_frames(
             self.path, size, fps=self.fps, codec=spec.codec, pix_fmt_out="yuv420p", quality=None,
             macro_block_size=1, ffmpeg_log_level="error",
-            output_params=["-crf", str(self.crf), *spec.extra_params],
+            output_params=["-crf", str(self.crf), *params],
         )
         self._encoder.send(None)
 
@@ -156,8 +164,9 @@ class BatchVideoWriter(_FinishedOnExit):
     """One streaming `VideoWriter` per video of a batch: chunks [B, T, H, W, 3] go to B files as they
     arrive (video b to `paths[b]`), so a batch is never held whole either."""
 
-    def __init__(self, paths: Sequence[str], fps: float = 16.0, crf: int | None = None, fmt: str | None = None):
-        self.writers = [VideoWriter(path, fps=fps, crf=crf, fmt=fmt) for path in paths]
+    def __init__(self, paths: Sequence[str], fps: float = 16.0, crf: int | None = None, fmt: str | None = None,
+                 growing: bool = False):
+        self.writers = [VideoWriter(path, fps=fps, crf=crf, fmt=fmt, growing=growing) for path in paths]
 
     def write(self, frames: Any) -> None:
         """Append a chunk of frames [B, T, H, W, 3], uint8 or float in [0, 1]."""
@@ -167,9 +176,14 @@ class BatchVideoWriter(_FinishedOnExit):
             writer.write(video)
 
     def close(self) -> None:
-        """Finish every file."""
-        for writer in self.writers:
-            writer.close()
+        """Finish every file; if one cannot be finished, the ones not yet finished are removed too."""
+        for index, writer in enumerate(self.writers):
+            try:
+                writer.close()
+            except BaseException:
+                for rest in self.writers[index:]:
+                    rest.abort()
+                raise
 
     def abort(self) -> None:
         """Stop encoding and remove every partial file."""

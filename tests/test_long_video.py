@@ -113,8 +113,8 @@ def _stream(model, settings: CausalSettings, frames: int) -> tuple[torch.Tensor,
 
 
 def test_bounded_global_attention_rolls_past_its_trained_length_like_a_window(model):
-    """As in the reference, global attention over a cache of the trained length becomes a rolling
-    window of that length on longer videos, so memory stops growing there."""
+    """Global attention over a cache of the trained length (the reference's) becomes a rolling window of
+    that length on longer videos, so memory stops growing there."""
     steps = dict(chunk_frames=3, denoising_steps=(1000, 500))
     bounded = CausalSettings(global_cache_frames=6, **steps)
     short_bounded, _ = _stream(model, bounded, 6)
@@ -156,3 +156,13 @@ def test_a_wrapped_window_is_re_encoded_block_causally(model):
     other = recached_keys(torch.randn(1, 16, 3, 4, 4, dtype=torch.float64, generator=generator))
     torch.testing.assert_close(one[0], other[0], rtol=0, atol=0)
     assert (one[1] - other[1]).abs().max() > 1e-6
+
+
+def test_a_smooth_switch_after_a_cut_re_encodes_only_the_new_scene(model):
+    """The sink kept across a cut is an anchor from before it; a later switch re-encodes the frames since."""
+    settings = CausalSettings(chunk_frames=3, local_window=6, sink_frames=3, rebase_sink=True, denoising_steps=(1000,))
+    for cut_at in (12, 15):
+        plan = plan_chunks(30, settings, prompt_starts=(cut_at, 24), prompt_cuts=(True, False))
+        contexts = [_context(0), _context(1), _context(2)]
+        video = StreamingSampler(model, settings).sample(plan, contexts, ConstantNoise(), SHAPE)
+        assert video.shape[2] == 30 and torch.isfinite(video).all()

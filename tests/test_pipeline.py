@@ -227,3 +227,13 @@ def test_end_mode_errors(model, changes, trained, message):
     request = _request(**{"end_latent": _keyframe(2), **changes})
     with pytest.raises(ValueError, match=message):
         list(VideoPipeline(model, GOAL_SETTINGS, goal_prefix_trained=trained).stream(request))
+
+
+@pytest.mark.parametrize("settings", [GOAL_SETTINGS.with_(sink_frames=0),
+                                      CausalSettings(chunk_frames=3, global_cache_frames=6, denoising_steps=(1000,))])
+def test_a_goal_the_rolling_cache_would_drop_is_refused(model, settings):
+    request = _request(end_latent=_keyframe(2), end_mode="goal_prefix")
+    with pytest.raises(ValueError, match="would drop it before the end"):
+        next(VideoPipeline(model, settings, goal_prefix_trained=True).stream(request))
+    short = _request(num_frames=5, end_latent=_keyframe(2), end_mode="goal_prefix")  # goal + 2 frames: no roll
+    assert len(list(VideoPipeline(model, settings, goal_prefix_trained=True).stream(short))) == 1

@@ -130,3 +130,32 @@ def test_batch_writer_removes_every_file_on_error(tmp_path) -> None:
             writer.write(np.stack([gradient_frames(2, 32, 32)] * 2))
             writer.write(gradient_frames(2, 32, 32)[None])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_batch_file_that_cannot_be_finished_takes_the_unfinished_ones_with_it(tmp_path, monkeypatch):
+    paths = [str(tmp_path / f"{index}.mp4") for index in range(3)]
+    writer = BatchVideoWriter(paths, fps=16)
+    writer.write(np.zeros((3, 2, 16, 16, 3), dtype=np.uint8))
+
+    def broken() -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(writer.writers[1], "close", broken)
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()
+    assert os.path.exists(paths[0]) and read_video(paths[0]).frame_count == 2
+    assert not os.path.exists(paths[1]) and not os.path.exists(paths[2])
+    assert writer.writers[2]._encoder is None
+
+
+def test_a_growing_mp4_is_fragmented_and_plays_back_whole(tmp_path):
+    path = str(tmp_path / "long.mp4")
+    frames = np.random.default_rng(0).integers(0, 255, (2, 16, 16, 16, 3), dtype=np.uint8)
+    with VideoWriter(path, fps=16, growing=True) as writer:
+        for chunk in frames:
+            writer.write(chunk)
+    data = open(path, "rb").read()
+    assert b"moof" in data and data.index(b"moov") < data.index(b"mdat")
+    assert read_video(path).frame_count == 32
+    plain = write_video(str(tmp_path / "plain.mp4"), frames[0])
+    assert b"moof" not in open(plain, "rb").read()

@@ -38,7 +38,7 @@ def random_crop(video: torch.Tensor, size: int, generator: torch.Generator) -> t
     return video[..., top : top + size, left : left + size]
 
 
-class ClipBank:
+class WorldClipBank:
     """A sliding window of the stream's world clips, rendered in bulk and kept as uint8 on the device.
 
     Rendering a few clips per step is dozens of small kernels that leave a small model's training

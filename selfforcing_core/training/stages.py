@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,7 +19,7 @@ from ..checkpoint import load_transformer
 from ..text_encoder_loading import load_text_encoder
 from ..vae_loading import load_wan_vae
 from ..wan_vae import WanVAE
-from .data import CaptionTokens, ClipBank, ScenePrefetcher, build_latent_bank, random_crop, world_clips
+from .data import CaptionTokens, WorldClipBank, ScenePrefetcher, build_latent_bank, random_crop, world_clips
 from .evaluation import HELD_OUT_SEED, evaluate_teacher, evaluate_vae, generate_videos
 from .model_sizes import PRESETS
 from .teacher_training import Teacher, build_teacher, export_teacher, flow_matching_loss
@@ -35,6 +36,9 @@ from .vae_training import (
 from .world import sample_scenes
 from .world_render import render_scenes
 from .world_scene import WorldConfig
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 log = logging.getLogger(__name__)
 VAE_TRAIN_SEED = 0
@@ -138,7 +142,7 @@ def write_sample_video(path: str, videos: torch.Tensor, fps: int, columns: int =
 class _RenderedClips:
     """Each step's own clips of the training stream, rendered on the device (scenes sampled ahead)."""
 
-    def __init__(self, stage: VAEStage, config: WorldConfig, accelerator):
+    def __init__(self, stage: VAEStage, config: WorldConfig, accelerator: Accelerator):
         self.device = accelerator.device
         self.scenes = ScenePrefetcher(VAE_TRAIN_SEED, stage.batch, config, accelerator.num_processes,
                                       accelerator.process_index, stage.workers)
@@ -151,11 +155,11 @@ class _RenderedClips:
 
 
 class _BankClips:
-    """Random clips of a `ClipBank` that moves on every `bank_refresh_every` steps (one stream per rank)."""
+    """Random clips of a `WorldClipBank` that moves on every `bank_refresh_every` steps (one stream per rank)."""
 
-    def __init__(self, stage: VAEStage, config: WorldConfig, accelerator):
+    def __init__(self, stage: VAEStage, config: WorldConfig, accelerator: Accelerator):
         self.batch, self.every = stage.batch, stage.bank_refresh_every
-        self.bank = ClipBank(VAE_TRAIN_SEED + 1000 * accelerator.process_index, stage.bank_clips, config,
+        self.bank = WorldClipBank(VAE_TRAIN_SEED + 1000 * accelerator.process_index, stage.bank_clips, config,
                              accelerator.device)
 
     def __call__(self, step: int, generator: torch.Generator) -> torch.Tensor:
@@ -167,7 +171,7 @@ class _BankClips:
         del self.bank
 
 
-def vae_clip_source(stage: VAEStage, config: WorldConfig, accelerator) -> _RenderedClips | _BankClips:
+def vae_clip_source(stage: VAEStage, config: WorldConfig, accelerator: Accelerator) -> _RenderedClips | _BankClips:
     """Where the VAE's training clips come from: a device-resident bank, or rendered per step (`bank_clips` 0)."""
     if stage.bank_clips:
         return _BankClips(stage, config, accelerator)
