@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,8 @@ from .evaluator_metrics import (
     frame_difference,
     largest_jump,
     mean_jerk,
+    nan_max,
+    nan_mean,
     psnr,
     saturation,
     ssim,
@@ -144,8 +146,8 @@ def _clip_result(
         objects=objects,
         extra_objects=len(detection.objects) - len(matched),
         detection_rate=seen.mean(axis=0),
-        max_jump=_max(largest_jump(track) for track in tracks),
-        jerk=_mean(mean_jerk(track) for track in tracks),
+        max_jump=nan_max(largest_jump(track) for track in tracks),
+        jerk=nan_mean(mean_jerk(track) for track in tracks),
         frame_difference=visual["frame_difference"],
         reference_frame_difference=visual["reference_frame_difference"],
         saturation_drift=window_change(visual["saturation"], window),
@@ -214,22 +216,22 @@ def summarize(results: Sequence[ClipResult], fps: int) -> dict[str, float]:
     summary = {
         "clips": float(len(results)),
         "objects": float(len(objects)),
-        "colour_accuracy": _mean(obj.colour_ok for obj in objects),
-        "shape_accuracy": _mean(obj.shape_ok for obj in objects),
-        "motion_accuracy": _mean(obj.motion_ok for obj in objects),
-        "object_accuracy": _mean(_all_ok(obj) for obj in objects),
-        "clip_accuracy": _mean(all(_all_ok(obj) for obj in clip.objects) for clip in results),
-        "extra_objects": _mean(clip.extra_objects for clip in results),
-        "track_error": _mean(obj.track_error for obj in objects),
-        "max_jump": _mean(clip.max_jump for clip in results),
-        "max_jump_worst": _max(clip.max_jump for clip in results),
-        "jerk": _mean(clip.jerk for clip in results),
-        "frame_difference": _mean(clip.frame_difference for clip in results),
-        "frame_difference_ratio": _mean(clip.frame_difference for clip in results)
-        / max(_mean(clip.reference_frame_difference for clip in results), 1e-9),
-        "saturation_drift": _mean(clip.saturation_drift for clip in results),
-        "contrast_drift": _mean(clip.contrast_drift for clip in results),
-        "visibility_drift": _mean(clip.visibility_drift for clip in results),
+        "colour_accuracy": nan_mean(obj.colour_ok for obj in objects),
+        "shape_accuracy": nan_mean(obj.shape_ok for obj in objects),
+        "motion_accuracy": nan_mean(obj.motion_ok for obj in objects),
+        "object_accuracy": nan_mean(_all_ok(obj) for obj in objects),
+        "clip_accuracy": nan_mean(all(_all_ok(obj) for obj in clip.objects) for clip in results),
+        "extra_objects": nan_mean(clip.extra_objects for clip in results),
+        "track_error": nan_mean(obj.track_error for obj in objects),
+        "max_jump": nan_mean(clip.max_jump for clip in results),
+        "max_jump_worst": nan_max(clip.max_jump for clip in results),
+        "jerk": nan_mean(clip.jerk for clip in results),
+        "frame_difference": nan_mean(clip.frame_difference for clip in results),
+        "frame_difference_ratio": nan_mean(clip.frame_difference for clip in results)
+        / max(nan_mean(clip.reference_frame_difference for clip in results), 1e-9),
+        "saturation_drift": nan_mean(clip.saturation_drift for clip in results),
+        "contrast_drift": nan_mean(clip.contrast_drift for clip in results),
+        "visibility_drift": nan_mean(clip.visibility_drift for clip in results),
     }
     rates = np.stack([clip.detection_rate for clip in results])
     summary["detection_rate"] = float(rates.mean())
@@ -239,23 +241,11 @@ def summarize(results: Sequence[ClipResult], fps: int) -> dict[str, float]:
     for obj in objects:
         by_motion[obj.expected.motion].append(obj.motion_ok)
     for motion, verdicts in sorted(by_motion.items()):
-        summary[f"motion_accuracy/{motion}"] = _mean(verdicts)
+        summary[f"motion_accuracy/{motion}"] = nan_mean(verdicts)
     for key in results[0].keyframes:
-        summary[key] = _mean(clip.keyframes[key] for clip in results)
+        summary[key] = nan_mean(clip.keyframes[key] for clip in results)
     return summary
 
 
 def _all_ok(result: ObjectResult) -> bool:
     return result.colour_ok and result.shape_ok and result.motion_ok
-
-
-def _mean(values: Iterable[float]) -> float:
-    """Mean ignoring NaN (NaN when nothing is left)."""
-    array = np.asarray(list(values), dtype=float)
-    return float(np.nanmean(array)) if np.any(~np.isnan(array)) else math.nan
-
-
-def _max(values: Iterable[float]) -> float:
-    """Maximum ignoring NaN (NaN when nothing is left)."""
-    array = np.asarray(list(values), dtype=float)
-    return float(np.nanmax(array)) if np.any(~np.isnan(array)) else math.nan

@@ -6,6 +6,7 @@ centres in shorter-side units, NaN where an object was not seen.
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -99,3 +100,15 @@ def mean_jerk(track: np.ndarray) -> float:
     jerk = np.linalg.norm(np.diff(track, n=3, axis=0), axis=1)
     jerk = jerk[~np.isnan(jerk)]
     return float(jerk.mean()) if jerk.size else math.nan
+
+
+def nan_mean(values: Iterable[float]) -> float:
+    """Mean ignoring NaN (NaN when nothing is left)."""
+    array = np.asarray(list(values), dtype=float)
+    return float(np.nanmean(array)) if np.any(~np.isnan(array)) else math.nan
+
+
+def nan_max(values: Iterable[float]) -> float:
+    """Maximum ignoring NaN (NaN when nothing is left)."""
+    array = np.asarray(list(values), dtype=float)
+    return float(np.nanmax(array)) if np.any(~np.isnan(array)) else math.nan

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 
 from .causal_eval import Scorer
-from .evaluator import _max, _mean
 from .evaluator_detect import detect
-from .evaluator_metrics import contrast, frame_changes, saturation, track_steps
+from .evaluator_metrics import contrast, frame_changes, nan_max, nan_mean, saturation, track_steps
 from .world_scene import SceneParams
 
 # Frame-to-frame pairs on each side of a seam that count as "at the seam" (the VAE spreads a latent
@@ -85,14 +84,14 @@ def seam_continuity(videos: torch.Tensor, seam: int, reach: int = 8) -> dict[str
     kept, seam_steps, other_steps = [], [], []
     for clip in detect(span):
         before = [obj for obj in clip.objects if obj.present[reach - SEAM_PAIRS : reach].any()]
-        kept.append(_mean(obj.present[reach : reach + SEAM_PAIRS].any() for obj in before))
+        kept.append(nan_mean(obj.present[reach : reach + SEAM_PAIRS].any() for obj in before))
         steps = np.stack([track_steps(obj.track * to_short) for obj in clip.objects]) if clip.objects else None
-        seam_steps.append(_max(steps[:, at_seam].ravel()) if steps is not None else math.nan)
-        other_steps.append(_max(steps[:, ~at_seam].ravel()) if steps is not None else math.nan)
-    return {"change_ratio": float(np.mean(ratios)), "tracks_kept": _mean(kept),
-            "seam_step": _mean(seam_steps), "other_step": _mean(other_steps)}
+        seam_steps.append(nan_max(steps[:, at_seam].ravel()) if steps is not None else math.nan)
+        other_steps.append(nan_max(steps[:, ~at_seam].ravel()) if steps is not None else math.nan)
+    return {"change_ratio": float(np.mean(ratios)), "tracks_kept": nan_mean(kept),
+            "seam_step": nan_mean(seam_steps), "other_step": nan_mean(other_steps)}
 
 
 def mean_scores(scores: Sequence[dict[str, float]]) -> dict[str, float]:
     """Key-wise mean (NaN ignored) of several score dicts with the same keys (seeds, seams)."""
-    return {key: _mean(values[key] for values in scores) for key in scores[0]}
+    return {key: nan_mean(values[key] for values in scores) for key in scores[0]}
