@@ -47,9 +47,15 @@ class SelfForcingModel:
     patcher: Any
 
 
-def causal_settings(base: CausalSettings, chunk_frames: int, local_window: int, sink_frames: int) -> CausalSettings:
-    """The family's settings with the loader's overrides (0 / -1 keep the family's value)."""
+SINK_PLACEMENTS = ("default", "rebased", "fixed")
+
+
+def causal_settings(base: CausalSettings, chunk_frames: int, local_window: int, sink_frames: int,
+                    sink_placement: str = "default") -> CausalSettings:
+    """The family's settings with the loader's overrides (0 / -1 / "default" keep the family's value)."""
     changes: dict[str, Any] = {}
+    if sink_placement != "default":
+        changes["rebase_sink"] = sink_placement == "rebased"
     if chunk_frames > 0:
         changes["chunk_frames"] = chunk_frames
     if local_window >= 0:
@@ -85,13 +91,17 @@ class SelfForcingModelLoader(io.ComfyNode):
                                      "of its 21 trained frames, then a rolling window of 21), 0 = everything."),
                 io.Int.Input("sink_frames", default=-1, min=-1, max=63,
                              tooltip="Latent frames kept as an attention sink when the window rolls; -1 = family default."),
+                io.Combo.Input("sink_placement", options=list(SINK_PLACEMENTS), default="default", optional=True,
+                               tooltip="Long videos: 'rebased' moves the sink to just before the window (the distance "
+                                       "it was trained at), 'fixed' keeps it at the video's first frames (the "
+                                       "reference); default = what the model file or family says."),
             ],
             outputs=[types.Model.Output(display_name="model")],
         )
 
     @classmethod
     def execute(cls, model_name: str, dtype: str, attention: str, chunk_frames: int, local_window: int,
-                sink_frames: int) -> io.NodeOutput:
+                sink_frames: int, sink_placement: str = "default") -> io.NodeOutput:
         path = paths.resolve(paths.MODEL_FOLDERS, model_name, "model")
         precision = pick_dtype(dtype)
 
@@ -100,7 +110,7 @@ class SelfForcingModelLoader(io.ComfyNode):
             return loaded, managed(loaded.model)
 
         loaded, patcher = cached("model", (file_identity(path), precision, attention), load)
-        settings = causal_settings(loaded.settings, chunk_frames, local_window, sink_frames)
+        settings = causal_settings(loaded.settings, chunk_frames, local_window, sink_frames, sink_placement)
         return io.NodeOutput(SelfForcingModel(loaded, settings, patcher))
 
     @classmethod

@@ -16,7 +16,8 @@ from tiny_weights import tiny_vae
 import workflows
 
 NODES = {
-    "SelfForcingModelLoader": ["model_name", "dtype", "attention", "chunk_frames", "local_window", "sink_frames"],
+    "SelfForcingModelLoader": ["model_name", "dtype", "attention", "chunk_frames", "local_window", "sink_frames",
+                               "sink_placement"],
     "SelfForcingVAELoader": ["vae_name", "dtype"],
     "SelfForcingTextEncoderLoader": ["text_encoder_name", "dtype"],
     "SelfForcingTextEncode": ["text_encoder", "text"],
