@@ -7,8 +7,7 @@ import torch
 from comfy_api.latest import io
 
 from ..selfforcing_core.latent_format import from_raw
-from ..selfforcing_core.vae_stream import StreamingDecoder
-from ..selfforcing_core.video_export import pixels_to_frames
+from ..selfforcing_core.vae_stream import StreamingDecoder, pixels_to_frames
 from . import types
 from .comfy_glue import interrupt_check, progress_bar
 from .vae_adapter import chunk_decoder

@@ -18,6 +18,7 @@ from .keyframes import CONTINUATION_FRAMES, encode_continuation, encode_keyframe
 from .pipeline import GenerationRequest, PromptSegment, VideoPipeline
 from .text_encoder_loading import load_text_encoder
 from .vae_loading import load_video_decoder, load_wan_vae
+from .vae_stream import pixels_to_frames
 from .wan_vae import WanVAE
 from .video_geometry import FPS, seconds_to_frames, video_frames_for
 
@@ -71,8 +72,7 @@ def _copy_and_encode_tail(path: str, writer, vae: WanVAE, width: int, height: in
     kept: deque[torch.Tensor] = deque(maxlen=CONTINUATION_FRAMES)
     for array in iter_frames(path):
         frame = torch.from_numpy(array.copy())
-        pixels = prepare_keyframe(frame, width, height)[0]
-        writer.write(((pixels.permute(1, 2, 0) + 1) / 2).unsqueeze(0))
+        writer.write(pixels_to_frames(prepare_keyframe(frame, width, height).unsqueeze(2))[0])
         kept.append(frame)
     if not kept:
         raise SystemExit(f"{path} has no frames to continue from")

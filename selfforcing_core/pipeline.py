@@ -19,7 +19,7 @@ from .keyframe_prefix import GOAL_PREFIX, GUIDANCE, KeyframePrefix, end_mode_for
 from .noise import NoiseSource, SeededNoise
 from .sampler import StreamingSampler
 from .transformer import CausalWanModel
-from .vae_stream import ChunkDecoder, StreamingDecoder
+from .vae_stream import ChunkDecoder, StreamingDecoder, pixels_to_frames
 from .video_collector import VideoCollector
 from .video_geometry import SPATIAL_FACTOR, check_size, latent_frame_of, latent_frames_for, video_frames_for
 
@@ -186,7 +186,7 @@ class VideoPipeline:
             with self._side_stream(latents):
                 pieces = latents.split(self.decode_frames_per_call or latents.shape[2], dim=2)
                 pixels = torch.cat([self.decoder.decode_chunk(piece) for piece in pieces], dim=2)
-                frames = (pixels.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1).cpu()
+                frames = pixels_to_frames(pixels).cpu()
             decode_seconds = time.perf_counter() - began
         return StreamedChunk(index, count, video_frames_for(start) if start else 0, video_frames_for(end),
                              latents, frames, model_seconds, decode_seconds)

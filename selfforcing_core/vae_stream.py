@@ -13,6 +13,11 @@ import torch
 from .temporal_state import TemporalState
 
 
+def pixels_to_frames(pixels: torch.Tensor) -> torch.Tensor:
+    """Decoder output [B, 3, T, H, W] in [-1, 1] -> frames [B, T, H, W, 3] float32 in [0, 1]."""
+    return (pixels.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1)
+
+
 class ChunkDecoder(Protocol):
     """A causal latent-to-frames decoder that carries its past in a `TemporalState`."""
 

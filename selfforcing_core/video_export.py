@@ -58,11 +58,6 @@ def to_uint8_frames(frames: Any) -> np.ndarray:
     return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def pixels_to_frames(pixels: Any) -> Any:
-    """Decoder output [B, 3, T, H, W] in [-1, 1] -> frames [B, T, H, W, 3] float32 in [0, 1]."""
-    return (pixels.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1)
-
-
 def pad_to_even(frames: np.ndarray) -> np.ndarray:
     """Repeat the last column/row where the width/height is odd (yuv420p needs even sizes)."""
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
