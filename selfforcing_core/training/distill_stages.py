@@ -7,7 +7,6 @@ resolution and the training length in the metadata), a metrics json and a log.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
@@ -99,12 +98,6 @@ def export_student(model: CausalWanModel, path: str, settings: CausalSettings, w
     'auto' end mode reads the mark)."""
     metadata = {**world.metadata(kind), **({END_FRAME_KEY: GOAL_PREFIX} if goal_prefix else {})}
     save_transformer(model, path, settings, family="self_forcing", extra_metadata=metadata, dtype=dtype)
-
-
-def ema_copy(trainer: Trainer) -> CausalWanModel:
-    model = copy.deepcopy(trainer.unwrapped).float().eval()
-    trainer.ema.copy_to(model)
-    return model
 
 
 @dataclass
@@ -205,7 +198,7 @@ def run_causal_init_stage(stage: CausalInitStage) -> dict[str, float]:
         return ode_regression_loss(trainer.unwrapped, states, context, settings, generator, stage.prefix_probability)
 
     trainer.run(loss_fn, "causal-init")
-    model = ema_copy(trainer)
+    model = trainer.ema_model()
     export_student(model, os.path.join(stage.out, INIT_FILE), settings, world, "causal init (ODE regression)")
     metrics = {"steps": trainer.state.step, "train_seconds": trainer.state.elapsed_seconds,
                "final_loss": trainer.recent_loss(), "fixed_batch_loss_teacher_weights": loss_before,
@@ -261,7 +254,7 @@ def run_distill_stage(stage: DistillStage) -> dict[str, float]:
     fake.resume()
     distill = Distillation(generator, fake, teacher.model, encode, uncond, bank, settings, stage.options)
     distill.run(stage.train.checkpoint_every, stage.train.log_every)
-    model = ema_copy(generator)
+    model = generator.ema_model()
     kind = f"{stage.name} (DMD, {stage.options.method} rollouts)"
     goal = stage.options.end_frame
     export_student(model, os.path.join(stage.out, f"{stage.name}.safetensors"), settings, world, kind, goal_prefix=goal)

@@ -5,7 +5,6 @@ exported weights, a metrics json, a log, and sample videos (mp4, when imageio-ff
 """
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -18,8 +17,9 @@ import torch
 from ..checkpoint import load_transformer
 from ..text_encoder_loading import load_text_encoder
 from ..vae_loading import load_wan_vae
+from ..vae_stream import pixels_to_frames
 from ..wan_vae import WanVAE
-from .data import CaptionTokens, WorldClipBank, ScenePrefetcher, build_latent_bank, random_crop, world_clips
+from .data import CaptionTokens, ScenePrefetcher, WorldClipBank, build_latent_bank, random_crop, world_clips
 from .evaluation import HELD_OUT_SEED, evaluate_teacher, evaluate_vae, generate_videos
 from .model_sizes import PRESETS
 from .teacher_training import Teacher, build_teacher, export_teacher, flow_matching_loss
@@ -133,8 +133,7 @@ def write_sample_video(path: str, videos: torch.Tensor, fps: int, columns: int =
     except ImportError:
         log.warning("imageio-ffmpeg is not installed: %s not written", path)
         return False
-    tiles = videos[:columns].float().cpu() * 0.5 + 0.5
-    frames = torch.cat(list(tiles), dim=-1).permute(0, 2, 3, 1).clamp(0, 1)
+    frames = torch.cat(list(pixels_to_frames(videos[:columns].transpose(1, 2).cpu())), dim=2)
     write_video(path, frames, fps=fps)
     return True
 
@@ -204,8 +203,7 @@ def run_vae_stage(stage: VAEStage) -> dict[str, float]:
     clips.close()
     if not accelerator.is_main_process:
         return {}
-    vae = copy.deepcopy(trainer.unwrapped.vae).float().eval()
-    trainer.ema.copy_to(VAEAutoencoder(vae))  # the wrapper gives the parameters the EMA's names
+    vae = trainer.ema_model().vae
     stats_videos = [world_clips(STATS_SEED, range(i, i + 16), config, vae.device)[0]
                     for i in range(0, stage.stats_clips, 16)]
     set_latent_statistics(vae, *latent_statistics(vae, stats_videos))
@@ -267,8 +265,7 @@ def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
     trainer.run(loss_fn, "teacher")
     if not accelerator.is_main_process:
         return {}
-    ema = copy.deepcopy(trainer.unwrapped).float().eval()
-    trainer.ema.copy_to(ema)
+    ema = trainer.ema_model()
     export_teacher(ema, os.path.join(stage.out, DIT_FILE), os.path.join(stage.out, TEXT_FILE),
                    {"resolution": f"{stage.resolution}x{stage.resolution}", "timestep_shift": str(stage.shift),
                     "num_frames": str(stage.frames), "kind": "bidirectional teacher"})

@@ -7,6 +7,7 @@ repeats an uninterrupted one exactly. The learning rate warms up, then follows a
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import sys
@@ -80,6 +81,12 @@ class Trainer:
     @property
     def unwrapped(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.model)
+
+    def ema_model(self) -> nn.Module:
+        """A float32 copy of the model in eval mode holding the EMA weights (for export and evaluation)."""
+        model = copy.deepcopy(self.unwrapped).float().eval()
+        self.ema.copy_to(model)
+        return model
 
     def resume(self) -> bool:
         """Load the saved state at `state_path` if there is one; True when it did."""
