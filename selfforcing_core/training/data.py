@@ -10,6 +10,7 @@ import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
+from typing import NamedTuple
 
 import torch
 
@@ -168,21 +169,33 @@ class LatentBank:
         return self.latents[index], self.ids[index], self.mask[index]
 
 
+class EncodedStream(NamedTuple):
+    """Clips of a world stream as latents, with their last frames encoded alone (if asked) and captions."""
+
+    latents: torch.Tensor
+    end_latents: torch.Tensor | None
+    ids: torch.Tensor
+    mask: torch.Tensor
+    captions: list[str]
+
+
 @torch.no_grad()
-def encode_scenes(
+def encode_stream(
     vae: WanVAE,
-    scenes: list,
+    tokens: CaptionTokens,
+    seed: int,
+    count: int,
+    config: WorldConfig,
     batch_size: int,
     dtype: torch.dtype,
+    workers: int = 0,
     max_seconds: float | None = None,
     end_frames: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-    """Render and encode scenes batch by batch, stopping early after `max_seconds`.
-
-    Returns the latents, the latents of each clip's last frame alone (when `end_frames`), and how
-    many scenes were encoded.
-    """
+) -> EncodedStream:
+    """Render and encode clips 0..count-1 of stream `seed` batch by batch, stopping early after
+    `max_seconds` (scene sampling included), with the tokens of the captions of the clips encoded."""
     began = time.monotonic()
+    scenes = sample_scenes_parallel(seed, range(count), config, workers)
     latents, ends, done = [], [], 0
     for first in range(0, len(scenes), batch_size):
         part = scenes[first : first + batch_size]
@@ -193,7 +206,11 @@ def encode_scenes(
         done += len(part)
         if max_seconds is not None and time.monotonic() - began > max_seconds:
             break
-    return torch.cat(latents), torch.cat(ends) if end_frames else None, done
+    captions = [scene.caption for scene in scenes[:done]]
+    ids, mask = tokens(captions)
+    encoded = torch.cat(latents)
+    return EncodedStream(encoded, torch.cat(ends) if end_frames else None, ids.to(encoded.device),
+                         mask.to(encoded.device), captions)
 
 
 def build_latent_bank(
@@ -208,10 +225,5 @@ def build_latent_bank(
     dtype: torch.dtype = torch.float32,
 ) -> LatentBank:
     """Encode clips 0..count-1 of stream `seed` (stopping early after `max_seconds`) into a bank."""
-    began = time.monotonic()
-    scenes = sample_scenes_parallel(seed, range(count), config, workers)
-    remaining = None if max_seconds is None else max_seconds - (time.monotonic() - began)
-    latents, _, done = encode_scenes(vae, scenes, batch_size, dtype, remaining)
-    captions = [scene.caption for scene in scenes[:done]]
-    ids, mask = tokens(captions)
-    return LatentBank(latents, ids.to(latents.device), mask.to(latents.device), captions)
+    stream = encode_stream(vae, tokens, seed, count, config, batch_size, dtype, workers, max_seconds)
+    return LatentBank(stream.latents, stream.ids, stream.mask, stream.captions)

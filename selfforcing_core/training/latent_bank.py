@@ -7,13 +7,12 @@ clip's last frame encoded on its own, as the node pack encodes an end keyframe i
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 
 import torch
 
 from ..wan_vae import WanVAE
-from .data import CaptionTokens, encode_scenes, sample_scenes_parallel
+from .data import CaptionTokens, encode_stream
 from .world_scene import WorldConfig
 
 
@@ -56,7 +55,6 @@ class ClipBank:
         return cls(tensors["latents"], tensors["end_latents"], tensors["ids"], tensors["mask"], captions)
 
 
-@torch.no_grad()
 def build_clip_bank(
     vae: WanVAE,
     tokens: CaptionTokens,
@@ -68,10 +66,6 @@ def build_clip_bank(
     max_seconds: float | None = None,
 ) -> ClipBank:
     """Encode clips 0..count-1 of world stream `seed` (stopping early after `max_seconds`)."""
-    began = time.monotonic()
-    scenes = sample_scenes_parallel(seed, range(count), config, workers)
-    remaining = None if max_seconds is None else max_seconds - (time.monotonic() - began)
-    latents, ends, done = encode_scenes(vae, scenes, batch_size, torch.float16, remaining, end_frames=True)
-    captions = [scene.caption for scene in scenes[:done]]
-    ids, mask = tokens(captions)
-    return ClipBank(latents, ends, ids.to(latents.device), mask.to(latents.device), captions)
+    stream = encode_stream(vae, tokens, seed, count, config, batch_size, torch.float16, workers, max_seconds,
+                           end_frames=True)
+    return ClipBank(stream.latents, stream.end_latents, stream.ids, stream.mask, stream.captions)
