@@ -79,7 +79,8 @@ def run_once(pipeline: VideoPipeline, request: GenerationRequest, overlap: bool 
         now = time.perf_counter()
         if first is None:
             first = now - began
-        chunk_times.append(round(chunk.model_seconds, 4))
+        if chunk.index == len(chunk_times):  # the first chunk's second piece has the same index
+            chunk_times.append(round(chunk.model_seconds, 4))
         frames += chunk.end_frame - chunk.start_frame
     torch.cuda.synchronize()
     total = time.perf_counter() - began

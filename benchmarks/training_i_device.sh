@@ -6,6 +6,8 @@
 #   bash benchmarks/training_i_device.sh collect WORK OUT   # progress, and the finished files copied to OUT
 # A stage that fails with --compile is run again without it (it resumes from its saved state).
 # Defaults: VAE 12 min (batch 8, 4096-clip bank), teacher 10 min (batch 128), both compiled.
+# Go on from the committed VAE: VAE_ARGS="--init benchmarks/checkpoints/world_vae_run5.safetensors --lr 3e-4 ..."
+# fine-tunes it; VAE_FILE=benchmarks/checkpoints/world_vae_run5.safetensors trains only the teacher on it.
 set -u
 MODE=${1:?usage: training_i_device.sh start|collect WORK [OUT]}
 WORK=${2:?usage: training_i_device.sh start|collect WORK [OUT]}
@@ -26,15 +28,19 @@ stages() {
     $TRAIN "${args[@]}" >>"$WORK/$name.out" 2>&1
   }
   # VAE_ARGS / TEACHER_ARGS replace the budgets and sizes (e.g. "--size toy --resolution 32 --steps 2" to try it).
-  attempt vae vae --out "$WORK/vae" ${VAE_ARGS:---minutes 12 --batch 8 --bank-clips 4096 --eval-clips 64 --compile} \
-    || { stamp "vae failed"; return 1; }
-  attempt teacher teacher --vae "$WORK/vae/world_vae.safetensors" --out "$WORK/teacher" \
+  # VAE_FILE skips the VAE stage and trains the teacher on that file's latents instead.
+  local vae_file=${VAE_FILE:-$WORK/vae/world_vae.safetensors}
+  if [ -z "${VAE_FILE:-}" ]; then
+    attempt vae vae --out "$WORK/vae" ${VAE_ARGS:---minutes 12 --batch 8 --bank-clips 4096 --eval-clips 64 --compile} \
+      || { stamp "vae failed"; return 1; }
+  fi
+  attempt teacher teacher --vae "$vae_file" --out "$WORK/teacher" \
     ${TEACHER_ARGS:---minutes 10 --batch 128 --lr 6e-4 --bank-minutes 1.0 --workers 12 --compile} \
     || { stamp "teacher failed"; return 1; }
   if [ "${SELF_FORCING:-0}" = 1 ]; then
     mkdir -p "$WORK/models"
-    cp "$WORK/vae/world_vae.safetensors" "$WORK/teacher/world_teacher.safetensors" \
-      "$WORK/teacher/world_text_encoder.safetensors" "$WORK/models/"
+    cp "$vae_file" "$WORK/models/world_vae.safetensors"
+    cp "$WORK/teacher/world_teacher.safetensors" "$WORK/teacher/world_text_encoder.safetensors" "$WORK/models/"
     stamp "self forcing"
     MODELS="$WORK/models" WORK="$WORK/sf" bash benchmarks/self_forcing_device.sh "$WORK/sf_out" >"$WORK/sf.out" 2>&1
   fi
@@ -45,7 +51,7 @@ case "$MODE" in
   start)
     mkdir -p "$WORK"
     export -f stages
-    export WORK TRAIN VAE_ARGS TEACHER_ARGS SELF_FORCING
+    export WORK TRAIN VAE_ARGS VAE_FILE TEACHER_ARGS SELF_FORCING
     setsid bash -c stages >"$WORK/stages.out" 2>&1 < /dev/null &
     echo "started; logs in $WORK"
     ;;

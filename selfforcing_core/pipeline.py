@@ -67,6 +67,8 @@ class StreamedChunk:
     """A finished chunk: its latents, and its frames [B, T, H, W, 3] in [0, 1] when a decoder is set.
 
     `prompt` indexes the request's prompts ordered by start frame (the start keyframe's chunk: 0).
+    The video's first chunk may come as two pieces with the same `index` (its first frame alone, then
+    the rest); the second piece's `model_seconds` is 0.
     """
 
     index: int
@@ -107,9 +109,13 @@ class VideoPipeline:
     """A causal transformer, its settings and an optional streaming decoder, ready to stream videos."""
 
     def __init__(self, model: CausalWanModel, settings: CausalSettings, decoder: ChunkDecoder | None = None,
-                 decode_frames_per_call: int | None = None, goal_prefix_trained: bool = False):
+                 decode_frames_per_call: int | None = None, goal_prefix_trained: bool = False,
+                 first_frame_early: bool = True):
         """`decode_frames_per_call` bounds the decoder's activation memory (1 for low-VRAM cards);
-        `goal_prefix_trained`: the model learnt end keyframes as a goal prefix (`trained_with_goal(metadata)`)."""
+        `goal_prefix_trained`: the model learnt end keyframes as a goal prefix (`trained_with_goal(metadata)`);
+        `first_frame_early`: hand out the video's first frame before the rest of its first chunk is decoded
+        (one more, smaller chunk is yielded; the frames are the same)."""
+        self.first_frame_early = first_frame_early
         self.sampler = StreamingSampler(model, settings)
         self.goal_prefix_trained = goal_prefix_trained
         self.decoder = StreamingDecoder(decoder) if decoder is not None else None
@@ -174,9 +180,23 @@ class VideoPipeline:
 
         source = run_ahead(chunks) if overlap else chunks(lambda: None)
         for index, chunk in enumerate(source):
-            decoded = self._decoded(index, count, chunk.start_frame, chunk.end_frame, chunk.latents, chunk.seconds)
-            decoded.prompt = max(chunk.prompt, 0)
-            yield decoded
+            for decoded in self._decoded_pieces(index, count, chunk):
+                decoded.prompt = max(chunk.prompt, 0)
+                yield decoded
+
+    def _decoded_pieces(self, index: int, count: int, chunk) -> Iterator[StreamedChunk]:
+        """The chunk decoded; the video's first chunk in two pieces when `first_frame_early` is set.
+
+        The first latent frame decodes to the video's first frame on its own, so showing it first
+        costs a ninth of the chunk's decode instead of all of it (the streaming decoder makes the
+        split exact: the frames equal those of one whole decode).
+        """
+        start, end, latents = chunk.start_frame, chunk.end_frame, chunk.latents
+        if index == 0 and self.first_frame_early and self.decoder is not None and end - start > 1:
+            yield self._decoded(index, count, start, start + 1, latents[:, :, :1], chunk.seconds)
+            yield self._decoded(index, count, start + 1, end, latents[:, :, 1:], 0.0)
+            return
+        yield self._decoded(index, count, start, end, latents, chunk.seconds)
 
     def _decoded(self, index: int, count: int, start: int, end: int, latents: torch.Tensor,
                  model_seconds: float) -> StreamedChunk:

@@ -109,6 +109,25 @@ def test_overlapped_stream_equals_the_sequential_one(model):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_first_frame_is_handed_out_alone_and_the_frames_do_not_change(model):
+    """The first chunk comes as its first frame, then the rest; together they equal one whole decode."""
+    from selfforcing_core.preview_decoder import TAEHVConfig, TAEHVDecoder
+
+    torch.manual_seed(0)
+    decoder = TAEHVDecoder(TAEHVConfig(widths=(8, 8, 8, 8))).double().eval()
+    early = list(VideoPipeline(model, SETTINGS, decoder).stream(_request()))
+    whole = list(VideoPipeline(model, SETTINGS, decoder, first_frame_early=False).stream(_request()))
+    assert [(c.start_frame, c.end_frame) for c in early] == [(0, 1), (1, 9), (9, 21), (21, 25)]
+    assert [(c.start_frame, c.end_frame) for c in whole] == [(0, 9), (9, 21), (21, 25)]
+    assert [c.index for c in early] == [0, 0, 1, 2] and {c.num_chunks for c in early} == {3}
+    assert early[0].frames.shape[1] == 1 and early[0].latents.shape[2] == 1
+    assert early[0].model_seconds > 0 and early[1].model_seconds == 0
+    for name in ("frames", "latents"):
+        joined = torch.cat([getattr(c, name) for c in early], dim=1 if name == "frames" else 2)
+        torch.testing.assert_close(joined, torch.cat([getattr(c, name) for c in whole], dim=1 if name == "frames" else 2),
+                                   rtol=0, atol=0)
+
+
 def test_overlapped_stream_passes_errors_and_stops_when_closed(model):
     calls = []
 
@@ -180,7 +199,8 @@ def test_goal_frame_is_never_streamed_or_decoded(model, chunk_frames, with_start
     num_frames = spans[-1][1]
     request = _request(num_frames=num_frames, start_latent=_keyframe(1) if with_start else None,
                        end_latent=_keyframe(2))
-    chunks = list(VideoPipeline(model, settings, decoder, goal_prefix_trained=True).stream(request))
+    chunks = list(VideoPipeline(model, settings, decoder, goal_prefix_trained=True,
+                                first_frame_early=False).stream(request))
     assert [(c.start_frame, c.end_frame) for c in chunks] == spans
     assert [c.index for c in chunks] == list(range(len(spans))) and {c.num_chunks for c in chunks} == {len(spans)}
     assert sum(c.latents.shape[2] for c in chunks) == latent_frames_for(num_frames)
