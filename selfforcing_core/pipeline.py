@@ -185,14 +185,14 @@ class VideoPipeline:
                 yield decoded
 
     def _decoded_pieces(self, index: int, count: int, chunk) -> Iterator[StreamedChunk]:
-        """The chunk decoded; the video's first chunk in two pieces when `first_frame_early` is set.
+        """The chunk decoded; the first chunk of a longer video in two pieces when `first_frame_early` is set.
 
         The first latent frame decodes to the video's first frame on its own, so showing it first
         costs a ninth of the chunk's decode instead of all of it (the streaming decoder makes the
         split exact: the frames equal those of one whole decode).
         """
         start, end, latents = chunk.start_frame, chunk.end_frame, chunk.latents
-        if index == 0 and self.first_frame_early and self.decoder is not None and end - start > 1:
+        if index == 0 and count > 1 and self.first_frame_early and self.decoder is not None and end - start > 1:
             yield self._decoded(index, count, start, start + 1, latents[:, :, :1], chunk.seconds)
             yield self._decoded(index, count, start + 1, end, latents[:, :, 1:], 0.0)
             return

@@ -10,6 +10,8 @@ import sys
 import pytest
 from safetensors.torch import load_file, save_file
 
+from reference_check import read_meta
+from replay_umt5 import tolerance as umt5_tolerance
 from tiny_models import GOLDEN_DIR
 
 CASES = sorted(glob.glob(os.path.join(GOLDEN_DIR, "*.safetensors")) +
@@ -27,7 +29,8 @@ def test_reference_check_reproduces_case(case):
     assert result.returncode == 0, result.stderr
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("max_abs_err=")
-    assert float(last.split("=", 1)[1]) < 1e-8, last
+    bar = umt5_tolerance() if "t5" in read_meta(case) else 1e-8  # umT5: float32 steps inside the reference
+    assert float(last.split("=", 1)[1]) < bar, last
 
 
 def test_a_changed_output_is_detected(tmp_path):
