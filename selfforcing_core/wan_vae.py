@@ -95,7 +95,20 @@ class CausalConv3d(nn.Conv3d):
             x = torch.cat([past, x], dim=2)
             if state is not None:
                 state.keep(self, x[:, :, -self.past_frames:].clone(memory_format=torch.contiguous_format))
+        if _needs_mkldnn(x):
+            return super().forward(x.to_mkldnn()).to_dense()
         return super().forward(x)
+
+
+def _needs_mkldnn(x: torch.Tensor) -> bool:
+    """Whether a float32 CPU input must be handed to oneDNN explicitly.
+
+    PyTorch sends small single-video float32 3D convolutions (N*C*T*H <= 20480) to its unvectorised
+    im2col kernel, which is 3x slower than oneDNN's on the VAE's streaming chunks (measured on a
+    2-core CPU: 3.9 vs 1.2 ms at 64 channels, 5 frames of 16x16); a oneDNN input tensor takes oneDNN.
+    """
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3] <= 20480)
 
 
 class RMSNorm(nn.Module):
@@ -111,8 +124,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         reduce_dtype = torch.promote_types(x.dtype, torch.float32)
-        norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=reduce_dtype).clamp_min(1e-12)
-        return x * (self.scale / norm).to(x.dtype) * self.gamma.to(x.dtype)
+        if x.device.type == "cpu":  # vector_norm over a non-innermost dim is ~10x slower than this on CPU
+            norm = x.to(reduce_dtype).square().sum(dim=1, keepdim=True).sqrt()
+        else:
+            norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=reduce_dtype)
+        return x * (self.scale / norm.clamp_min(1e-12)).to(x.dtype) * self.gamma.to(x.dtype)
 
 
 class ResidualBlock(nn.Module):

@@ -5,7 +5,8 @@ work. This probe watches every aten op through a `TorchDispatchMode`: each outpu
 new (not one of the op's inputs, so views and in-place results are not counted twice) is added to
 the live total, and a weak reference to the storage's C++ object removes it the moment it is freed.
 The peak of that total, sampled after every op, is the tensor memory the code really held (kernel
-scratch space inside a single op is not visible, and is the same for any video length).
+scratch space inside a single op is not visible, and is the same for any video length; so are the
+opaque oneDNN tensors that a CPU convolution's input and output pass through, which have no storage).
 """
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ class PeakTensorMemory(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args: tuple = (), kwargs: dict | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
         self._forget_freed()
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0] if torch.is_tensor(t)}
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if torch.is_tensor(t) and not t.is_mkldnn}
         for tensor in tree_flatten(out)[0]:
-            if not torch.is_tensor(tensor):
+            if not torch.is_tensor(tensor) or tensor.is_mkldnn:
                 continue
             storage = tensor.untyped_storage()
             pointer, size = storage.data_ptr(), storage.nbytes()
