@@ -131,8 +131,9 @@ def run(args: argparse.Namespace) -> str:
             if video.shape[0]:
                 writer.write(video)
                 frames += video.shape[0]
+            model = f"model {chunk.model_seconds:.2f}s, " if chunk.model_seconds else "rest of the chunk, "
             print(f"chunk {chunk.index + 1}/{chunk.num_chunks}: frames {chunk.start_frame}-{chunk.end_frame} "
-                  f"(model {chunk.model_seconds:.2f}s, decode {chunk.decode_seconds:.2f}s)", flush=True)
+                  f"({model}decode {chunk.decode_seconds:.2f}s)", flush=True)
     total = time.perf_counter() - began
     print(f"wrote {args.out}: {frames} frames {width}x{height} in {total:.2f}s = {frames / total:.1f} fps "
           f"(real time is {FPS}), first frames after {first:.2f}s")
