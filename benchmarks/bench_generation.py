@@ -38,14 +38,16 @@ from selfforcing_core.video_geometry import latent_frames_for  # noqa: E402
 from selfforcing_core.wan_vae import WanVAE  # noqa: E402
 
 
-def flops_of_video(cfg: WanConfig, frame_tokens: int, plan, steps_per_chunk: int) -> float:
-    """Matmul FLOPs of every model call of the video (formula in the module docstring)."""
+def flops_of_video(cfg: WanConfig, frame_tokens: int, plan, steps_per_chunk: int, cache_last_chunk: bool) -> float:
+    """Matmul FLOPs of every model call of the video (formula in the module docstring): the steps of each
+    chunk and its cache pass, which the last chunk has only with `cache_last_chunk` (as the reference)."""
     d, total = cfg.dim, 0.0
     for chunk in plan:
         q = chunk.num_frames * frame_tokens
         k = (chunk.start_frame + chunk.num_frames) * frame_tokens
         per_block = 2 * q * (6 * d * d + 2 * d * cfg.ffn_dim) + 4 * q * d * (k + cfg.text_len)
-        total += per_block * cfg.num_layers * (steps_per_chunk + 1)
+        calls = steps_per_chunk + (1 if chunk is not plan[-1] or cache_last_chunk else 0)
+        total += per_block * cfg.num_layers * calls
     return total
 
 
@@ -105,12 +107,14 @@ def main() -> None:
     parser.add_argument("--low-vram", action="store_true",
                         help="stream blocks from CPU memory and decode one latent frame per call")
     parser.add_argument("--check-fp32", action="store_true", help="compare bf16 latents with the float32 path")
+    parser.add_argument("--cache-last-chunk", action="store_true",
+                        help="run the last chunk's cache pass as the reference does (its work, for comparison)")
     parser.add_argument("--json", help="append the results as JSON lines to this file")
     args = parser.parse_args()
 
     device, dtype = "cuda", torch.bfloat16
     torch.backends.cudnn.benchmark = True
-    settings = CausalSettings(chunk_frames=1 if args.frame_wise else 3)
+    settings = CausalSettings(chunk_frames=1 if args.frame_wise else 3, cache_last_chunk=args.cache_last_chunk)
     model = build(PRESETS[args.size], "cpu" if args.low_vram else device, dtype, args.backend)
     if args.low_vram:
         BlockStreamer(model, device)
@@ -123,7 +127,7 @@ def main() -> None:
     request = GenerationRequest([PromptSegment(text)], args.width, args.height, args.frames, seed=0)
     plan = plan_chunks(latent_frames_for(args.frames), settings)
     tokens = model.frame_tokens(args.height // 8, args.width // 8)
-    flops = flops_of_video(model.config, tokens, plan, len(settings.denoising_steps))
+    flops = flops_of_video(model.config, tokens, plan, len(settings.denoising_steps), settings.cache_last_chunk)
     decoders = {"none": lambda: None, "wan": WanVAE, "taehv": TAEHVDecoder}
     for name in args.decoders.split(","):
         decoder = decoders[name]()

@@ -174,7 +174,8 @@ class StreamingSampler:
         interrupt: Callable[[], None] | None = None,
         adjust_x0: X0Adjustment | None = None,
     ) -> Iterator[ChunkResult]:
-        """Yield each chunk of `plan` as soon as it is denoised (its cache pass runs on resumption).
+        """Yield each chunk of `plan` as soon as it is denoised (its cache pass runs on resumption; the
+        last chunk's only with `settings.cache_last_chunk`).
 
         latent_shape is (B, C, H, W); contexts are text embeddings [B, L, text_dim], one per prompt
         index used by the plan; prefix is clean latents [B, C, P, H, W] written before the plan
@@ -217,6 +218,8 @@ class StreamingSampler:
                 shape = (batch, channels, chunk.num_frames, height, width)
                 result = self._denoise_chunk(chunk, noise, shape, cache, interrupt, adjust_x0)
                 yield result
+                if chunk is plan[-1] and not self.settings.cache_last_chunk:
+                    break  # no chunk follows that would read its cache pass
                 self._context_pass(result.latents, chunk.start_frame, cache, interrupt)
                 clean.add(chunk.start_frame, result.latents, cache.cached_frames())
 

@@ -51,6 +51,7 @@ def settings_from_meta(meta: dict) -> CausalSettings:
         timestep_shift=sampler.get("timestep_shift", 5.0),
         warp_steps=sampler.get("warp_denoising_step", True),
         context_noise=sampler.get("context_noise", 0),
+        cache_last_chunk=True,  # the reference runs the cache pass after the last chunk too; its trace has it
     )
 
 

@@ -91,8 +91,20 @@ def test_prompt_schedule_switches_at_the_given_frame(model):
 def test_custom_steps_change_the_number_of_model_calls(model):
     calls = []
     model.register_forward_pre_hook(lambda *a: calls.append(1))
-    VideoPipeline(model, SETTINGS).generate(_request(num_frames=9, steps=(1000, 500)))
-    assert len(calls) == 3 * 1  # one chunk of 3 latent frames: 2 steps + 1 cache pass
+    VideoPipeline(model, SETTINGS).generate(_request(num_frames=21, steps=(1000, 500)))
+    assert len(calls) == 3 + 2  # two chunks of 3 latent frames: 2 steps + 1 cache pass, then 2 steps
+
+
+def test_the_last_chunk_gets_a_cache_pass_only_when_asked_and_the_video_is_the_same(model):
+    """Nothing reads the cache after the last chunk; the reference writes it anyway (cache_last_chunk)."""
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
+    lean = VideoPipeline(model, SETTINGS).generate(_request())[0]
+    lean_calls, calls[:] = len(calls), []
+    full = VideoPipeline(model, SETTINGS.with_(cache_last_chunk=True)).generate(_request())[0]
+    handle.remove()
+    assert (lean_calls, len(calls)) == (3 * 4 - 1, 3 * 4)  # 3 chunks of 3 steps + 1 cache pass each
+    torch.testing.assert_close(lean, full, rtol=0, atol=0)
 
 
 def test_overlapped_stream_equals_the_sequential_one(model):
