@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ KERNELS = {"auto": None, "flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBacken
            "efficient": SDPBackend.EFFICIENT_ATTENTION}
 
 
-def timed(fn, repeats: int) -> float:
+def timed(fn: Callable[[], object], repeats: int) -> float:
     """Median seconds of `fn()` over `repeats` CUDA-event-timed runs, after two warm-up runs."""
     fn(), fn()
     times = []

@@ -2,7 +2,7 @@
 
 Work: the 1.3B causal config with random weights (weights change neither speed nor memory), 480x832, bf16,
 chunks of 3 latent frames, a local attention window + a sink re-based to just before it, 4 steps + one cache
-pass per chunk, batch 1; every chunk decoded as it finishes by the TAEHV preview decoder (random weights),
+pass per chunk (but the last), batch 1; every chunk decoded as it finishes by the TAEHV preview decoder (random weights),
 the Wan VAE, or not at all (`--decoder none`). A short warm-up video runs first (kernels, allocator,
 autotuning, compilation) and is not counted.
 

@@ -151,8 +151,10 @@ def run_stream(
     for chunk in pipeline.stream(request):
         on_chunk(chunk)
         synchronize()
-        if chunk.index == len(chunk_seconds):
-            chunk_seconds.append(0.0), cpu_seconds.append(0.0), model_seconds.append(0.0)
+        if not chunk.continues:
+            chunk_seconds.append(0.0)
+            cpu_seconds.append(0.0)
+            model_seconds.append(0.0)
         chunk_seconds[-1] += time.perf_counter() - last
         cpu_seconds[-1] += time.process_time() - last_cpu
         model_seconds[-1] += chunk.model_seconds

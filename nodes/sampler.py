@@ -168,18 +168,16 @@ class SelfForcingSampler(io.ComfyNode):
     @classmethod
     def _run(cls, pipeline: VideoPipeline, request: GenerationRequest, collected: VideoCollector,
              preview: LivePreview | None, files: BatchVideoWriter | None, ordered_texts: list[str]) -> None:
-        bar, done = None, 0
+        bar = None
         for chunk in pipeline.stream(request, interrupt=interrupt_check()):
             frames = collected.add(chunk.latents.cpu(), chunk.frames)
             if frames is not None and files is not None:
                 files.write(frames)
             if frames is not None and preview is not None:
                 preview.push(chunk.index, chunk.num_chunks, frames[0], ordered_texts[chunk.prompt])
-            if bar is None:
-                bar = progress_bar(chunk.num_chunks, str(cls.hidden.unique_id))
-            if chunk.index + 1 > done:  # the first chunk comes in two pieces; it counts once
-                done = chunk.index + 1
-                bar.update_absolute(done, chunk.num_chunks)
+            if not chunk.continues:  # the first chunk may come in two pieces; it counts once
+                bar = bar or progress_bar(chunk.num_chunks, str(cls.hidden.unique_id))
+                bar.update_absolute(chunk.index + 1, chunk.num_chunks)
 
 
 NODES = [SelfForcingSampler]

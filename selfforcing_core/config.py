@@ -59,8 +59,6 @@ class CausalSettings:
     `recache_on_prompt_change` re-encodes the cached frames under a new prompt (smooth switch).
     `global_cache_frames` bounds global attention: the reference's cache holds the 21 latent frames
     the models were trained on and stops there; this one rolls like a window past them (None: unbounded).
-    `cache_last_chunk` also runs the cache pass after the video's last chunk, which nothing reads; the
-    reference does it (its golden call traces include it), so only replays of those traces need it.
     """
 
     chunk_frames: int = 3
@@ -73,7 +71,6 @@ class CausalSettings:
     rebase_sink: bool = False
     recache_on_prompt_change: bool = True
     global_cache_frames: int | None = None
-    cache_last_chunk: bool = False
 
     def __post_init__(self) -> None:
         if self.chunk_frames < 1:

@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> str:
             if video.shape[0]:
                 writer.write(video)
                 frames += video.shape[0]
-            model = f"model {chunk.model_seconds:.2f}s, " if chunk.model_seconds else "rest of the chunk, "
+            model = "rest of the chunk, " if chunk.continues else f"model {chunk.model_seconds:.2f}s, "
             print(f"chunk {chunk.index + 1}/{chunk.num_chunks}: frames {chunk.start_frame}-{chunk.end_frame} "
                   f"({model}decode {chunk.decode_seconds:.2f}s)", flush=True)
     total = time.perf_counter() - began

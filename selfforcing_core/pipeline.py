@@ -17,7 +17,7 @@ from .config import CausalSettings
 from .keyframe_conditioning import EndFrameGuidance
 from .keyframe_prefix import GOAL_PREFIX, GUIDANCE, KeyframePrefix, end_mode_for
 from .noise import NoiseSource, SeededNoise
-from .sampler import StreamingSampler
+from .sampler import ChunkResult, StreamingSampler
 from .transformer import CausalWanModel
 from .vae_stream import ChunkDecoder, StreamingDecoder, pixels_to_frames
 from .video_collector import VideoCollector
@@ -68,7 +68,7 @@ class StreamedChunk:
 
     `prompt` indexes the request's prompts ordered by start frame (the start keyframe's chunk: 0).
     The video's first chunk may come as two pieces with the same `index` (its first frame alone, then
-    the rest); the second piece's `model_seconds` is 0.
+    the rest); the second piece has `continues` set and `model_seconds` 0.
     """
 
     index: int
@@ -80,6 +80,7 @@ class StreamedChunk:
     model_seconds: float
     decode_seconds: float
     prompt: int = 0
+    continues: bool = False
 
 
 def _batched(tensor: torch.Tensor, batch: int, what: str) -> torch.Tensor:
@@ -184,17 +185,20 @@ class VideoPipeline:
                 decoded.prompt = max(chunk.prompt, 0)
                 yield decoded
 
-    def _decoded_pieces(self, index: int, count: int, chunk) -> Iterator[StreamedChunk]:
+    def _decoded_pieces(self, index: int, count: int, chunk: ChunkResult) -> Iterator[StreamedChunk]:
         """The chunk decoded; the first chunk of a longer video in two pieces when `first_frame_early` is set.
 
         The first latent frame decodes to the video's first frame on its own, so showing it first
-        costs a ninth of the chunk's decode instead of all of it (the streaming decoder makes the
-        split exact: the frames equal those of one whole decode).
+        costs a ninth of the chunk's decode instead of all of it. The streaming decoder carries its
+        causal state across the split, so the frames are those of one whole decode (exactly in float64;
+        kernels chosen per shape may round the last bits differently in half precision).
         """
         start, end, latents = chunk.start_frame, chunk.end_frame, chunk.latents
         if index == 0 and count > 1 and self.first_frame_early and self.decoder is not None and end - start > 1:
             yield self._decoded(index, count, start, start + 1, latents[:, :, :1], chunk.seconds)
-            yield self._decoded(index, count, start + 1, end, latents[:, :, 1:], 0.0)
+            rest = self._decoded(index, count, start + 1, end, latents[:, :, 1:], 0.0)
+            rest.continues = True
+            yield rest
             return
         yield self._decoded(index, count, start, end, latents, chunk.seconds)
 

@@ -124,9 +124,12 @@ def _synchronize(device: torch.device) -> None:
 class StreamingSampler:
     """Runs a `CausalWanModel` chunk by chunk with a reusable KV cache."""
 
-    def __init__(self, model: CausalWanModel, settings: CausalSettings | None = None):
+    def __init__(self, model: CausalWanModel, settings: CausalSettings | None = None, cache_last_chunk: bool = False):
+        """`cache_last_chunk` also runs the cache pass after a video's last chunk, which nothing reads; the
+        reference does (its golden call traces include it), so only replays of those traces need it."""
         self.model = model
         self.settings = settings or CausalSettings()
+        self.cache_last_chunk = cache_last_chunk
         self.schedule = FlowMatchSchedule(self.settings.timestep_shift)
         self.cache: KVCache | None = None
 
@@ -175,7 +178,7 @@ class StreamingSampler:
         adjust_x0: X0Adjustment | None = None,
     ) -> Iterator[ChunkResult]:
         """Yield each chunk of `plan` as soon as it is denoised (its cache pass runs on resumption; the
-        last chunk's only with `settings.cache_last_chunk`).
+        last chunk's only with `cache_last_chunk`).
 
         latent_shape is (B, C, H, W); contexts are text embeddings [B, L, text_dim], one per prompt
         index used by the plan; prefix is clean latents [B, C, P, H, W] written before the plan
@@ -218,7 +221,7 @@ class StreamingSampler:
                 shape = (batch, channels, chunk.num_frames, height, width)
                 result = self._denoise_chunk(chunk, noise, shape, cache, interrupt, adjust_x0)
                 yield result
-                if chunk is plan[-1] and not self.settings.cache_last_chunk:
+                if chunk is plan[-1] and not self.cache_last_chunk:
                     break  # no chunk follows that would read its cache pass
                 self._context_pass(result.latents, chunk.start_frame, cache, interrupt)
                 clean.add(chunk.start_frame, result.latents, cache.cached_frames())

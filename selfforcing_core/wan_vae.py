@@ -106,9 +106,12 @@ def _needs_mkldnn(x: torch.Tensor) -> bool:
     PyTorch sends small single-video float32 3D convolutions (N*C*T*H <= 20480) to its unvectorised
     im2col kernel, which is 3x slower than oneDNN's on the VAE's streaming chunks (measured on a
     2-core CPU: 3.9 vs 1.2 ms at 64 channels, 5 frames of 16x16); a oneDNN input tensor takes oneDNN.
+    Not while torch.compile traces (its backward cannot take oneDNN tensors) or with oneDNN turned off.
     """
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
-            and x.shape[0] * x.shape[1] * x.shape[2] * x.shape[3] <= 20480)
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.shape[0] == 1
+            and x.shape[1] * x.shape[2] * x.shape[3] <= 20480
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and not torch.compiler.is_compiling())
 
 
 class RMSNorm(nn.Module):
@@ -125,10 +128,10 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         reduce_dtype = torch.promote_types(x.dtype, torch.float32)
         if x.device.type == "cpu":  # vector_norm over a non-innermost dim is ~10x slower than this on CPU
-            norm = x.to(reduce_dtype).square().sum(dim=1, keepdim=True).sqrt()
+            norm = x.to(reduce_dtype).square().sum(dim=1, keepdim=True).clamp_min(1e-24).sqrt()
         else:
-            norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=reduce_dtype)
-        return x * (self.scale / norm.clamp_min(1e-12)).to(x.dtype) * self.gamma.to(x.dtype)
+            norm = torch.linalg.vector_norm(x, dim=1, keepdim=True, dtype=reduce_dtype).clamp_min(1e-12)
+        return x * (self.scale / norm).to(x.dtype) * self.gamma.to(x.dtype)
 
 
 class ResidualBlock(nn.Module):

@@ -51,7 +51,6 @@ def settings_from_meta(meta: dict) -> CausalSettings:
         timestep_shift=sampler.get("timestep_shift", 5.0),
         warp_steps=sampler.get("warp_denoising_step", True),
         context_noise=sampler.get("context_noise", 0),
-        cache_last_chunk=True,  # the reference runs the cache pass after the last chunk too; its trace has it
     )
 
 
@@ -79,7 +78,7 @@ def replay(path: str, meta: dict) -> float:
         calls.append((args[1][0].tolist(), kwargs["start_frame"] * tokens))
 
     handle = model.register_forward_pre_hook(trace, with_kwargs=True)
-    sampler = StreamingSampler(model, settings)
+    sampler = StreamingSampler(model, settings, cache_last_chunk=True)  # as the reference; its trace has that pass
     plan = plan_chunks(frames, settings, start_frame=prefix_frames)
     output = sampler.sample(plan, tensors["context"], RecordedNoise(noise, draws, prefix_frames),
                             (batch, channels, height, width), prefix=prefix)

@@ -101,7 +101,9 @@ def test_the_last_chunk_gets_a_cache_pass_only_when_asked_and_the_video_is_the_s
     handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
     lean = VideoPipeline(model, SETTINGS).generate(_request())[0]
     lean_calls, calls[:] = len(calls), []
-    full = VideoPipeline(model, SETTINGS.with_(cache_last_chunk=True)).generate(_request())[0]
+    pipeline = VideoPipeline(model, SETTINGS)
+    pipeline.sampler.cache_last_chunk = True
+    full = pipeline.generate(_request())[0]
     handle.remove()
     assert (lean_calls, len(calls)) == (3 * 4 - 1, 3 * 4)  # 3 chunks of 3 steps + 1 cache pass each
     torch.testing.assert_close(lean, full, rtol=0, atol=0)
@@ -134,6 +136,7 @@ def test_first_frame_is_handed_out_alone_and_the_frames_do_not_change(model):
     assert [c.index for c in early] == [0, 0, 1, 2] and {c.num_chunks for c in early} == {3}
     assert early[0].frames.shape[1] == 1 and early[0].latents.shape[2] == 1
     assert early[0].model_seconds > 0 and early[1].model_seconds == 0
+    assert [c.continues for c in early] == [False, True, False, False]
     for name in ("frames", "latents"):
         joined = torch.cat([getattr(c, name) for c in early], dim=1 if name == "frames" else 2)
         torch.testing.assert_close(joined, torch.cat([getattr(c, name) for c in whole], dim=1 if name == "frames" else 2),

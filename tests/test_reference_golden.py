@@ -1,4 +1,5 @@
-"""Every golden vector of the official implementation is reproduced to float64 round-off."""
+"""Every golden vector of the official implementation is reproduced to float64 round-off (umT5: to the
+float32 round-off of the reference's own float32 steps on CPUs other than the AVX-512 one that made it)."""
 from __future__ import annotations
 
 import glob

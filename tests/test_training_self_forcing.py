@@ -24,7 +24,7 @@ def _context(batch: int = 2, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("prefix_frames", [0, 1])
 def test_rollout_at_the_last_exit_step_is_the_streaming_sampler(prefix_frames):
-    """Exactly as inference: same chunks, same cache passes, same noise draws, same latents."""
+    """Exactly as inference: same chunks, same cache passes (none after the last), same noise draws, same latents."""
     model = student().eval()
     context = _context()
     prefix = torch.randn(2, LATENT[0], prefix_frames, *LATENT[1:]) if prefix_frames else None
@@ -68,9 +68,10 @@ def test_gradients_reach_only_the_exit_step_of_each_chunk(exit_index):
     grad_calls = [(t, start) for t, start, grad in calls.calls if grad]
     timesteps = [1000.0, 900.0, 750.0, 500.0]  # steps 1000/750/500/250 warped at shift 3
     assert grad_calls == [(pytest.approx(timesteps[exit_index]), start) for start in (0, 3, 6)]
-    per_chunk = exit_index + 2  # steps up to the exit, then the cache pass
-    assert len(calls.calls) == 3 * per_chunk
+    per_chunk = exit_index + 2  # steps up to the exit, then the cache pass (none after the last chunk)
+    assert len(calls.calls) == 3 * per_chunk - 1
     cache_passes = [c for i, c in enumerate(calls.calls) if i % per_chunk == per_chunk - 1]
+    assert len(cache_passes) == 2
     assert all(t == 0.0 and not grad for t, _, grad in cache_passes)
     video.square().mean().backward()
     assert all(p.grad is not None for p in model.parameters())

@@ -18,7 +18,7 @@ from selfforcing_core.vae_loading import (
     wan_vae_from_state_dict,
 )
 from selfforcing_core.vae_stream import StreamingDecoder
-from selfforcing_core.wan_vae import RMSNorm, WanVAE, WanVAEConfig
+from selfforcing_core.wan_vae import CausalConv3d, RMSNorm, WanVAE, WanVAEConfig
 from selfforcing_core.weights_io import CheckpointError
 from tensor_memory import PeakTensorMemory
 
@@ -259,3 +259,39 @@ def _diffusers_name(key: str) -> str:
     block, slot = divmod(index, 4)
     where = "upsamplers.0" if slot == 3 else f"resnets.{slot}"
     return f"decoder.up_blocks.{block}.{where}.{resnet.get(rest, rest)}"
+
+
+def _conv_and_grads(conv: CausalConv3d, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    x = x.clone().requires_grad_(True)
+    conv.zero_grad()
+    out = conv(x)
+    out.square().sum().backward()
+    return out.detach(), x.grad, conv.weight.grad.clone()
+
+
+def test_small_float32_convolutions_through_onednn_equal_the_plain_kernel():
+    """The CPU fast path (oneDNN for the small 3D convolutions PyTorch would run im2col on) gives the plain
+    kernel's outputs and gradients, also under torch.compile, where it stands aside."""
+    torch.manual_seed(0)
+    conv = CausalConv3d(8, 8, 3, padding=1)
+    x = torch.randn(1, 8, 4, 8, 8)
+    with torch.backends.mkldnn.flags(enabled=False):
+        plain = _conv_and_grads(conv, x)
+    fast = _conv_and_grads(conv, x)
+    compiled = _conv_and_grads(torch.compile(conv, backend="aot_eager"), x)
+    for got in (fast, compiled):
+        for a, b in zip(got, plain):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_channel_norm_equals_the_vector_norm_and_has_finite_gradients_at_zero():
+    torch.manual_seed(0)
+    norm = RMSNorm(6, 3)
+    x = torch.randn(2, 6, 3, 4, 4)
+    x[0, :, 1, 2, 2] = 0.0  # one pixel whose channels are all zero
+    x.requires_grad_(True)
+    out = norm(x)
+    expected = x * (6**0.5 / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12))
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()

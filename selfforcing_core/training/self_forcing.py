@@ -105,7 +105,8 @@ def rollout(
     if prefix is not None:
         write_prefix(model, cache, prefix, settings)
     outputs = []
-    for chunk in plan_chunks(num_frames, settings, start_frame=prefix_frames):
+    plan = plan_chunks(num_frames, settings, start_frame=prefix_frames)
+    for chunk in plan:
         timesteps = student_timesteps(settings, chunk.steps).tolist()
         exit_at = min(exit_index, len(timesteps) - 1)
         x = noise.initial(chunk.start_frame, torch.Size((batch, channels, chunk.num_frames, height, width)))
@@ -119,6 +120,8 @@ def rollout(
                 t_next = torch.full_like(t, timesteps[i + 1])
                 x = schedule.add_noise(x0, noise.renoise(x0.shape).to(device, torch.float32), t_next)
         outputs.append(x0)
+        if chunk is plan[-1]:
+            break  # as in inference: nothing reads the last chunk's cache pass
         latents, t_context = writer(chunk, x0)
         with torch.no_grad():
             model(latents, t_context, cache=cache, start_frame=chunk.start_frame)
