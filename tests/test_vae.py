@@ -269,6 +269,7 @@ def _conv_and_grads(conv: CausalConv3d, x: torch.Tensor) -> tuple[torch.Tensor, 
     return out.detach(), x.grad, conv.weight.grad.clone()
 
 
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # said by mkldnn.flags() itself
 def test_small_float32_convolutions_through_onednn_equal_the_plain_kernel():
     """The CPU fast path (oneDNN for the small 3D convolutions PyTorch would run im2col on) gives the plain
     kernel's outputs and gradients, also under torch.compile, where it stands aside."""
