@@ -131,9 +131,9 @@ def run(args: argparse.Namespace) -> str:
             if video.shape[0]:
                 writer.write(video)
                 frames += video.shape[0]
-            model = "rest of the chunk, " if chunk.continues else f"model {chunk.model_seconds:.2f}s, "
+            denoised = "rest of the chunk" if chunk.continues else f"model {chunk.model_seconds:.2f}s"
             print(f"chunk {chunk.index + 1}/{chunk.num_chunks}: frames {chunk.start_frame}-{chunk.end_frame} "
-                  f"({model}decode {chunk.decode_seconds:.2f}s)", flush=True)
+                  f"({denoised}, decode {chunk.decode_seconds:.2f}s)", flush=True)
     total = time.perf_counter() - began
     print(f"wrote {args.out}: {frames} frames {width}x{height} in {total:.2f}s = {frames / total:.1f} fps "
           f"(real time is {FPS}), first frames after {first:.2f}s")

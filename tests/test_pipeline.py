@@ -137,10 +137,9 @@ def test_first_frame_is_handed_out_alone_and_the_frames_do_not_change(model):
     assert early[0].frames.shape[1] == 1 and early[0].latents.shape[2] == 1
     assert early[0].model_seconds > 0 and early[1].model_seconds == 0
     assert [c.continues for c in early] == [False, True, False, False]
-    for name in ("frames", "latents"):
-        joined = torch.cat([getattr(c, name) for c in early], dim=1 if name == "frames" else 2)
-        torch.testing.assert_close(joined, torch.cat([getattr(c, name) for c in whole], dim=1 if name == "frames" else 2),
-                                   rtol=0, atol=0)
+    for name, time_dim in (("frames", 1), ("latents", 2)):
+        joined = torch.cat([getattr(c, name) for c in early], dim=time_dim)
+        torch.testing.assert_close(joined, torch.cat([getattr(c, name) for c in whole], dim=time_dim), rtol=0, atol=0)
 
 
 def test_overlapped_stream_passes_errors_and_stops_when_closed(model):
