@@ -68,7 +68,7 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     teacher.add_argument("--eval-clips", type=int, default=200, help="held-out captions scored at the end (0: none)")
     teacher.add_argument("--eval-steps", type=int, default=30)
     teacher.add_argument("--guidance", type=float, default=5.0)
-    teacher.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
+    teacher.add_argument("--compile", action="store_true", help="torch.compile the text encoder and DiT as one graph")
     teacher.add_argument("--init", help="start from the DiT and text encoder exported in this folder (a previous run's "
                                         "--out), to continue training in a new run")
 

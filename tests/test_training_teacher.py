@@ -1,6 +1,8 @@
 """Teacher training: the flow-matching loss falls, caption dropout, the Euler sampler, the export."""
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -96,3 +98,18 @@ def test_build_teacher_is_deterministic_per_seed():
         assert torch.equal(x, y), name
     assert any(not torch.equal(x, z) for x, z in zip(a.state_dict().values(), c.state_dict().values()))
     assert bool(a.dit.head.head.weight.detach().abs().sum() > 0)
+
+
+def test_a_copy_of_the_compiled_teacher_computes_with_its_own_weights():
+    """`train teacher --compile` compiles the whole teacher; the EMA copy that is exported and evaluated must
+    run its own (averaged) weights, not the live ones of the module it was copied from."""
+    teacher = toy_teacher()
+    eager_loss = _loss(teacher, seed=2, dropout=0.0)
+    teacher.compile(backend="eager")
+    torch.testing.assert_close(_loss(teacher, seed=2, dropout=0.0), eager_loss, rtol=0, atol=0)
+    copy_of = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for parameter in copy_of.dit.head.parameters():
+            parameter.add_(0.1)
+    assert not torch.equal(_loss(copy_of, seed=2, dropout=0.0), eager_loss)
+    torch.testing.assert_close(_loss(teacher, seed=2, dropout=0.0), eager_loss, rtol=0, atol=0)

@@ -252,7 +252,9 @@ def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
     if stage.init:
         load_teacher_weights(teacher, stage.init)
     if stage.compile:
-        teacher.dit.compile_blocks()
+        # One graph for text encoder + DiT fuses autocast's casts and the elementwise work: 28.8 steps/s
+        # against 14.9 for the blocks' parts alone (H200, batch 128, bench_training_step.py).
+        teacher.compile()
     trainer = Trainer(teacher, stage.train, accelerator, os.path.join(stage.out, "teacher_state"))
     trainer.resume()
 
