@@ -7,6 +7,8 @@
 # Writes to OUT: world_causal.safetensors (the shipped student), results.json, log.txt, samples_*.npz.
 # Measured on an H100 (2026-11-25, world sizes, batch 64, float32 + TF32): causal init 5.3 steps/s,
 # one generator step (with its 5 critic steps) about 3.5 s alone, up to 7 s beside the evaluations.
+# The training stages now run under bf16 autocast on the GPU (`--precision auto`; `--precision no` for the
+# float32 runs above); not measured on a device yet.
 set -u
 OUT=${1:?usage: self_forcing_device.sh OUT}
 WORK=${WORK:-/tmp/self_forcing}

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 import torch
+from accelerate.state import AcceleratorState
 
 from selfforcing_core.checkpoint import load_transformer
 from selfforcing_core.cli import main
@@ -74,3 +76,43 @@ def test_training_ii_stages_run_end_to_end_on_toy_models(tmp_path):
     for name in ("self_forcing", "teacher_forcing", "end_frame"):
         metrics = json.load(open(os.path.join(out, f"{name}_metrics.json")))
         assert metrics["generator_steps"] == 1 and metrics["critic_steps"] == 2
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state that fixes the precision of its first Accelerator; the CLI runs
+    every stage in its own process, while this test runs them beside float32 ones in one."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_training_ii_steps_run_under_bf16_autocast(tmp_path, fresh_accelerate_state):
+    """`--precision bf16` (the GPU default) puts the rollouts, the DMD and the critic under autocast: the
+    linear layers compute in bfloat16 and the losses stay finite (CPU autocast here, toy models)."""
+    files = _toy_files(tmp_path)
+    common = ["--teacher", files["teacher"], "--text-encoder", files["text"], "--cpu"]
+    out = str(tmp_path / "run")
+    distill_main(["ode", "--out", out, "--vae", files["vae"], "--bank-clips", "6", "--pairs", "4",
+                  "--teacher-steps", "8", "--batch", "4", *common])
+    dtypes = set()
+
+    def record(module, inputs, output):
+        if isinstance(module, torch.nn.Linear) and torch.is_grad_enabled():
+            dtypes.add(output.dtype)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        main(["train", "causal-init", "--out", out, "--pairs", os.path.join(out, "ode_pairs.safetensors"),
+              "--steps", "2", "--batch", "2", "--precision", "bf16", *common])
+        main(["train", "self-forcing", "--out", out, "--init", os.path.join(out, "causal_init.safetensors"),
+              "--bank", os.path.join(out, "clip_bank.safetensors"), "--steps", "2", "--batch", "2",
+              "--critic-steps", "2", "--precision", "bf16", *common])
+    finally:
+        hook.remove()
+    assert dtypes == {torch.bfloat16}
+    init = json.load(open(os.path.join(out, "causal_init_metrics.json")))
+    distilled = json.load(open(os.path.join(out, "self_forcing_metrics.json")))
+    assert distilled["generator_steps"] == 2 and distilled["critic_steps"] == 4
+    values = [init["final_loss"], distilled["critic_loss"], distilled["generator_loss"], distilled["dmd_grad"]]
+    assert all(torch.isfinite(torch.tensor(values)))

@@ -29,6 +29,8 @@ def _optimiser(parser: argparse.ArgumentParser, lr: float, ema: float, minutes: 
     parser.add_argument("--ema", type=float, default=ema, help="EMA decay")
     parser.add_argument("--warmup", type=int, default=warmup, help="learning-rate warm-up steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=("auto", "no", "bf16", "fp16"), default="auto",
+                        help="autocast precision of the training steps (auto: bf16 on GPU, float32 on CPU)")
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--log-every", type=int, default=10)
     _budget(parser, minutes)
@@ -123,7 +125,7 @@ def run_distillation_stage(args: argparse.Namespace) -> int:
     elif args.stage == "causal-init":
         stages.run_causal_init_stage(stages.CausalInitStage(
             out=args.out, teacher=args.teacher, text_encoder=args.text_encoder, pairs=args.pairs, batch=args.batch,
-            train=_train_options(args, 1.0), cpu=args.cpu))
+            train=_train_options(args, 1.0), precision=args.precision, cpu=args.cpu))
     elif args.stage == "evaluate":
         stages.run_evaluate_stage(stages.EvaluateStage(
             out=args.out, label=args.label, vae=args.vae, text_encoder=args.text_encoder, model=args.model,
@@ -141,7 +143,7 @@ def run_distillation_stage(args: argparse.Namespace) -> int:
         stages.run_distill_stage(stages.DistillStage(
             out=args.out, init=args.init, teacher=args.teacher, text_encoder=args.text_encoder, bank=args.bank,
             options=options, train=_train_options(args, 1.0 if args.stage == "end-frame" else 1.5, (0.0, 0.999)),
-            critic_lr=args.critic_lr, export=args.export, cpu=args.cpu))
+            critic_lr=args.critic_lr, export=args.export, precision=args.precision, cpu=args.cpu))
     return 0
 
 

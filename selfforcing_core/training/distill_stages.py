@@ -165,13 +165,14 @@ class CausalInitStage:
     prefix_probability: float = 0.5
     train: TrainOptions = field(default_factory=lambda: TrainOptions(lr=1e-4, warmup_steps=50, ema_decay=0.995,
                                                                      minutes=1.0))
+    precision: str = "auto"
     cpu: bool = False
 
 
 def run_causal_init_stage(stage: CausalInitStage) -> dict[str, float]:
     """Train the student from the teacher's weights on the ODE pairs and export its EMA weights."""
     setup_logging(stage.out, "causal_init")
-    accelerator = make_accelerator("no", stage.cpu)
+    accelerator = make_accelerator(stage.precision, stage.cpu)
     device = accelerator.device
     teacher = load_dit(stage.teacher, device, trainable=True)
     world = World.of(teacher)
@@ -223,6 +224,7 @@ class DistillStage:
                                                                      ema_decay=0.99, minutes=1.5))
     critic_lr: float = 5e-5
     export: str | None = None
+    precision: str = "auto"
     cpu: bool = False
 
     @property
@@ -233,7 +235,7 @@ class DistillStage:
 def run_distill_stage(stage: DistillStage) -> dict[str, float]:
     """Distil the initialised student with DMD on rollouts of the stage's method; export its EMA weights."""
     setup_logging(stage.out, stage.name)
-    accelerator = make_accelerator("no", stage.cpu)
+    accelerator = make_accelerator(stage.precision, stage.cpu)
     device = accelerator.device
     student = load_dit(stage.init, device, trainable=True)
     teacher = load_dit(stage.teacher, device)
