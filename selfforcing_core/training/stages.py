@@ -268,6 +268,11 @@ def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
     if not accelerator.is_main_process:
         return {}
     ema = trainer.ema_model()
+    if stage.compile:
+        # Sampling runs other shapes, without grad or autocast: an eager copy spares those recompiles.
+        eager = build_teacher(sizes.dit, sizes.text).to(accelerator.device).eval()
+        eager.load_state_dict(ema.state_dict())
+        ema = eager
     export_teacher(ema, os.path.join(stage.out, DIT_FILE), os.path.join(stage.out, TEXT_FILE),
                    {"resolution": f"{stage.resolution}x{stage.resolution}", "timestep_shift": str(stage.shift),
                     "num_frames": str(stage.frames), "kind": "bidirectional teacher"})
