@@ -67,6 +67,8 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     teacher.add_argument("--text-dropout", type=float, default=0.1)
     teacher.add_argument("--eval-clips", type=int, default=200, help="held-out captions scored at the end (0: none)")
     teacher.add_argument("--eval-steps", type=int, default=30)
+    teacher.add_argument("--loss-clips", type=int, default=256,
+                         help="bank and held-out clips whose flow loss is compared at the end (0: none)")
     teacher.add_argument("--guidance", type=float, default=5.0)
     teacher.add_argument("--compile", action="store_true", help="torch.compile the text encoder and DiT as one graph")
     teacher.add_argument("--init", help="start from the DiT and text encoder exported in this folder (a previous run's "
@@ -130,8 +132,8 @@ def run_train(args: argparse.Namespace) -> int:
             out=args.out, vae=args.vae, size=args.size, resolution=args.resolution, frames=args.frames,
             batch=args.batch, bank_clips=args.bank_clips, bank_minutes=args.bank_minutes, workers=args.workers,
             shift=args.shift, text_dropout=args.text_dropout, init=args.init, train=_train_options(args, 5.0),
-            eval_clips=args.eval_clips, eval_steps=args.eval_steps, guidance=args.guidance, compile=args.compile,
-            precision=args.precision, cpu=args.cpu))
+            eval_clips=args.eval_clips, eval_steps=args.eval_steps, loss_clips=args.loss_clips, guidance=args.guidance,
+            compile=args.compile, precision=args.precision, cpu=args.cpu))
     else:
         stages.setup_logging(args.out, "sample")
         stages.run_sample_stage(stages.SampleStage(

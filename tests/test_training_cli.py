@@ -36,8 +36,9 @@ def test_toy_pipeline_end_to_end(tmp_path):
     assert vae_metrics["steps"] == 2 and vae_metrics["truth/colour_accuracy"] == 1.0
     vae_file = os.path.join(vae_dir, VAE_FILE)
     assert main(["train", "teacher", "--vae", vae_file, "--out", teacher_dir, *small, "--bank-clips", "4",
-                 "--eval-clips", "2", "--eval-steps", "3"]) == 0
+                 "--eval-clips", "2", "--eval-steps", "3", "--loss-clips", "3"]) == 0
     metrics = json.load(open(os.path.join(teacher_dir, "teacher_metrics.json")))
+    assert 0 < metrics["loss_bank_clips"] < 10 and 0 < metrics["loss_held_out_clips"] < 10
     assert metrics["steps"] == 2 and metrics["sample_steps"] == 3 and metrics["clips"] == 2
     assert 0.0 <= metrics["colour_accuracy"] <= 1.0
     assert os.path.isfile(os.path.join(teacher_dir, "teacher_state.safetensors"))
@@ -46,7 +47,7 @@ def test_toy_pipeline_end_to_end(tmp_path):
     exported = load_transformer(os.path.join(teacher_dir, DIT_FILE), dtype=torch.float32).model.state_dict()
     assert all(torch.equal(continued.dit.state_dict()[key], value) for key, value in exported.items())
     assert main(["train", "teacher", "--vae", vae_file, "--out", str(tmp_path / "more"), *small, "--bank-clips", "4",
-                 "--eval-clips", "0", "--init", teacher_dir]) == 0
+                 "--eval-clips", "0", "--loss-clips", "0", "--init", teacher_dir]) == 0
     assert main(["train", "sample", "--out", sample_dir, "--vae", vae_file, "--teacher",
                  os.path.join(teacher_dir, DIT_FILE), "--text-encoder", os.path.join(teacher_dir, TEXT_FILE),
                  "--prompt", "a red circle moves right on a gray background", "--resolution", "32", "--frames", "5",

@@ -11,7 +11,7 @@ from selfforcing_core.text_encoder_loading import load_text_encoder
 from selfforcing_core.training.data import CaptionTokens
 from selfforcing_core.training.model_sizes import TOY
 from selfforcing_core.training.sampling import euler_sigmas, sample_flow, shifted_sigma
-from selfforcing_core.training.teacher_training import export_teacher, flow_matching_loss
+from selfforcing_core.training.teacher_training import export_teacher, fixed_draw_loss, flow_matching_loss
 from training_helpers import toy_teacher
 
 CAPTIONS = ["a red circle moves right on a gray background", "a small blue star bounces on a black background"]
@@ -113,3 +113,16 @@ def test_a_copy_of_the_compiled_teacher_computes_with_its_own_weights():
             parameter.add_(0.1)
     assert not torch.equal(_loss(copy_of, seed=2, dropout=0.0), eager_loss)
     torch.testing.assert_close(_loss(teacher, seed=2, dropout=0.0), eager_loss, rtol=0, atol=0)
+
+
+def test_fixed_draw_loss_repeats_and_keeps_every_caption():
+    teacher = toy_teacher()
+    latents, ids, mask, tokens = _batch()
+    args = (teacher, latents, ids, mask, tokens.empty_ids, tokens.empty_mask, 3.0)
+    value = fixed_draw_loss(*args, batch_size=2, seed=4)
+    assert value == fixed_draw_loss(*args, batch_size=2, seed=4)
+    assert value != fixed_draw_loss(*args, batch_size=2, seed=5)
+    with torch.no_grad():
+        expected = flow_matching_loss(teacher, latents, ids, mask, tokens.empty_ids, tokens.empty_mask,
+                                      torch.Generator().manual_seed(4), shift=3.0, text_dropout=0.0)
+    assert abs(value - float(expected)) < 1e-6

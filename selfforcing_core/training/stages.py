@@ -19,10 +19,11 @@ from ..text_encoder_loading import load_text_encoder
 from ..vae_loading import load_wan_vae
 from ..vae_stream import pixels_to_frames
 from ..wan_vae import WanVAE
-from .data import CaptionTokens, ScenePrefetcher, WorldClipBank, build_latent_bank, random_crop, world_clips
+from .data import (CaptionTokens, LatentBank, ScenePrefetcher, WorldClipBank, build_latent_bank, random_crop,
+                   world_clips)
 from .evaluation import HELD_OUT_SEED, evaluate_teacher, evaluate_vae, generate_videos
 from .model_sizes import PRESETS
-from .teacher_training import Teacher, build_teacher, export_teacher, flow_matching_loss
+from .teacher_training import Teacher, build_teacher, export_teacher, fixed_draw_loss, flow_matching_loss
 from .trainer import TrainOptions, Trainer, make_accelerator
 from .vae_training import (
     VAEAutoencoder,
@@ -90,6 +91,7 @@ class TeacherStage:
     train: TrainOptions = field(default_factory=lambda: TrainOptions(lr=5e-4, minutes=5.0))
     eval_clips: int = 200
     eval_steps: int = 30
+    loss_clips: int = 256
     guidance: float = 5.0
     compile: bool = False
     precision: str = "auto"
@@ -235,6 +237,20 @@ def load_teacher_weights(teacher: Teacher, folder: str) -> None:
     teacher.text.load_state_dict(text.encoder.state_dict())
 
 
+def held_out_losses(teacher: Teacher, bank: LatentBank, vae: WanVAE, tokens: CaptionTokens, config: WorldConfig,
+                    stage: TeacherStage) -> dict[str, float]:
+    """The fixed-draw flow loss on the bank's first `loss_clips` clips and on as many held-out ones."""
+    held_out = build_latent_bank(vae, tokens, HELD_OUT_SEED, min(stage.loss_clips, len(bank)), config,
+                                 workers=stage.workers)
+    count = len(held_out)
+    losses = {}
+    for name, clips in (("bank", bank), ("held_out", held_out)):
+        losses[f"loss_{name}_clips"] = fixed_draw_loss(teacher, clips.latents[:count], clips.ids[:count],
+                                                       clips.mask[:count], tokens.empty_ids.to(clips.ids.device),
+                                                       tokens.empty_mask.to(clips.ids.device), stage.shift)
+    return losses
+
+
 def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
     """Encode a latent bank with the trained VAE, train DiT + text encoder, export and evaluate."""
     setup_logging(stage.out, "teacher")
@@ -278,6 +294,10 @@ def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
                     "num_frames": str(stage.frames), "kind": "bidirectional teacher"})
     metrics = {"steps": trainer.state.step, "train_seconds": trainer.state.elapsed_seconds, "bank_clips": len(bank),
                "final_loss": trainer.recent_loss()}
+    if stage.loss_clips:
+        metrics.update(held_out_losses(ema, bank, vae, tokens, config, stage))
+        log.info("teacher: flow loss with fixed draws %.4f on bank clips, %.4f on held-out clips",
+                 metrics["loss_bank_clips"], metrics["loss_held_out_clips"])
     if stage.eval_clips:
         began = time.monotonic()
         eval_config = WorldConfig(height=stage.resolution, width=stage.resolution, num_frames=stage.frames)

@@ -91,6 +91,31 @@ def flow_matching_loss(
     return F.mse_loss(prediction.float(), (noise - latents).float())
 
 
+@torch.no_grad()
+def fixed_draw_loss(
+    teacher: nn.Module,
+    latents: torch.Tensor,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    empty_ids: torch.Tensor,
+    empty_mask: torch.Tensor,
+    shift: float,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> float:
+    """The flow-matching loss over all given clips with captions kept and noise and timesteps drawn from
+    `seed`: the same draws for the same clips, so the loss on training clips and on held-out clips can be
+    compared (a gap means the teacher memorises its bank rather than learning the world)."""
+    generator = torch.Generator(latents.device).manual_seed(seed)
+    total = 0.0
+    for first in range(0, latents.shape[0], batch_size):
+        part = slice(first, first + batch_size)
+        loss = flow_matching_loss(teacher, latents[part], ids[part], mask[part], empty_ids, empty_mask, generator,
+                                  shift, text_dropout=0.0)
+        total += float(loss) * latents[part].shape[0]
+    return total / latents.shape[0]
+
+
 def export_teacher(
     teacher: Teacher, dit_path: str, text_path: str, metadata: dict[str, str], dtype: torch.dtype = torch.float16
 ) -> None:
