@@ -49,7 +49,7 @@ def vae_step_fn(batch: int, device: torch.device, variant: str) -> tuple[torch.n
 
 
 def teacher_step_fn(batch: int, device: torch.device, variant: str) -> tuple[torch.nn.Module, StepFn]:
-    """The teacher step; variants: eager, blocks (the blocks' fixed parts), whole (one graph, as `--compile`)."""
+    """The teacher step; variants: eager, blocks (the blocks' fixed parts), whole (the whole teacher, as `--compile`)."""
     sizes = PRESETS["world"]
     model = build_teacher(sizes.dit, sizes.text).to(device)
     tokens = CaptionTokens(sizes.text_len)

@@ -4,11 +4,12 @@
 # and the evaluations (each in the background while the next stage trains; their json is rewritten
 # after every run, so a stopped evaluation keeps what it finished).
 # Usage: bash benchmarks/self_forcing_device.sh OUT
-# Writes to OUT: world_causal.safetensors (the shipped student), results.json, log.txt, samples_*.npz.
+# Writes to OUT: world_causal.safetensors (the student to ship, in models/ together with the VAE and text encoder
+# of MODELS), results.json, log.txt, samples_*.npz.
 # Measured on an H100 (2026-11-25, world sizes, batch 64, float32 + TF32): causal init 5.3 steps/s,
 # one generator step (with its 5 critic steps) about 3.5 s alone, up to 7 s beside the evaluations.
-# The training stages now run under bf16 autocast on the GPU (`--precision auto`; `--precision no` for the
-# float32 runs above); not measured on a device yet.
+# The training stages now run under bf16 autocast on the GPU (PRECISION=auto; PRECISION=no is the float32 of
+# the runs above); not measured on a device yet.
 set -u
 OUT=${1:?usage: self_forcing_device.sh OUT}
 WORK=${WORK:-/tmp/self_forcing}
@@ -19,6 +20,7 @@ EVAL="--out $WORK --vae $MODELS/world_vae.safetensors --text-encoder $MODELS/wor
   --workers 4 --clips ${CLIPS:-200} --long-clips ${LONG_CLIPS:-100}"
 STEPS=${STEPS:-20}  # generator steps of each of Self Forcing, teacher forcing and diffusion forcing
 BATCH=${BATCH:-64}
+PRECISION=${PRECISION:-auto}  # of the training stages: auto = bf16 autocast on the GPU; no = float32 (+ TF32)
 # One thread per process: the evaluator's worker processes oversubscribed the cores otherwise.
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 mkdir -p "$WORK" "$OUT"
@@ -38,13 +40,13 @@ run() {  # log name, time limit, then the train command's arguments (skipped pas
 }
 distill() {  # log name, then the stage and its options
   local name=$1; shift
-  run "$name" 150 "$@" $FROZEN --out "$WORK" --bank "$WORK/clip_bank.safetensors" --batch "$BATCH"
+  run "$name" 150 "$@" $FROZEN --out "$WORK" --bank "$WORK/clip_bank.safetensors" --batch "$BATCH" --precision "$PRECISION"
 }
 
 run ode 80 ode --out "$WORK" $FROZEN --vae $MODELS/world_vae.safetensors --bank-clips 4096 \
   --bank-minutes 0.3 --pairs 6144 --pairs-minutes 0.3 --batch "${PAIR_BATCH:-256}"
 run causal_init 85 causal-init --out "$WORK" $FROZEN --pairs "$WORK/ode_pairs.safetensors" --minutes "${INIT_MINUTES:-1.0}" \
-  --batch "$BATCH"
+  --batch "$BATCH" --precision "$PRECISION"
 evaluate init --model "$WORK/causal_init.safetensors" --keyframes start
 evaluate teacher --teacher $MODELS/world_teacher.safetensors --truth
 distill self_forcing self-forcing --init "$WORK/causal_init.safetensors" --steps "$STEPS" --export "$OUT/world_causal.safetensors"

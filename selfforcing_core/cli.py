@@ -8,14 +8,7 @@ import argparse
 from typing import Sequence
 
 from .training.distill_cli import STAGES as DISTILLATION_STAGES
-from .training.distill_cli import add_distillation_stages, run_distillation_stage
-
-
-def _budget(parser: argparse.ArgumentParser, minutes: float) -> None:
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--minutes", type=float, default=None,
-                       help=f"wall-clock training budget (default {minutes} when --steps is not given)")
-    group.add_argument("--steps", type=int, default=None, help="train for exactly this many steps (resumable)")
+from .training.distill_cli import add_budget, add_distillation_stages, add_precision, run_distillation_stage
 
 
 def _common(parser: argparse.ArgumentParser, lr: float, ema: float, minutes: float) -> None:
@@ -29,10 +22,9 @@ def _common(parser: argparse.ArgumentParser, lr: float, ema: float, minutes: flo
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=("auto", "no", "bf16", "fp16"), default="auto",
-                        help="autocast precision (auto: bf16 on GPU, float32 on CPU)")
+    add_precision(parser, ("auto", "no", "bf16", "fp16"))
     parser.add_argument("--cpu", action="store_true", help="train on CPU even when a GPU is present")
-    _budget(parser, minutes)
+    add_budget(parser, minutes)
 
 
 def add_train_commands(commands: argparse._SubParsersAction) -> None:
@@ -70,7 +62,7 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     teacher.add_argument("--loss-clips", type=int, default=256,
                          help="bank and held-out clips whose flow loss is compared at the end (0: none)")
     teacher.add_argument("--guidance", type=float, default=5.0)
-    teacher.add_argument("--compile", action="store_true", help="torch.compile the text encoder and DiT as one graph")
+    teacher.add_argument("--compile", action="store_true", help="torch.compile the whole teacher (text encoder and DiT)")
     teacher.add_argument("--init", help="start from the DiT and text encoder exported in this folder (a previous run's "
                                         "--out), to continue training in a new run")
 

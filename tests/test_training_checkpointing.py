@@ -80,3 +80,22 @@ def test_ema_follows_with_warm_up():
     target = torch.nn.Linear(2, 1, bias=False)
     ema.copy_to(target)
     assert torch.equal(target.weight, ema.shadow["weight"])
+
+
+def test_the_ema_model_runs_in_float32_outside_the_training_autocast(fresh_accelerate_state):
+    """The accelerator wraps the training model's forward in bf16 autocast; the EMA copy that is exported,
+    evaluated and scored runs without it, while training keeps it."""
+    trainer = Trainer(toy_teacher(), TrainOptions(steps=1), make_accelerator("bf16", cpu=True))
+    latents, ids, mask = torch.randn(1, 16, 3, 4, 4), *CaptionTokens(TOY.text_len)(["a red circle"])
+    t = torch.full((1, 3), 500.0)
+
+    def head_dtype(model: torch.nn.Module) -> torch.dtype:
+        seen = []
+        hook = model.dit.head.head.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+        model(latents, t, ids, mask)
+        hook.remove()
+        return seen[0]
+
+    assert head_dtype(trainer.model) == torch.bfloat16
+    assert head_dtype(trainer.ema_model()) == torch.float32
+    assert head_dtype(trainer.model) == torch.bfloat16

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
 import torch
-from accelerate.state import AcceleratorState
 
 from selfforcing_core.checkpoint import load_transformer
 from selfforcing_core.cli import main
@@ -76,15 +74,6 @@ def test_training_ii_stages_run_end_to_end_on_toy_models(tmp_path):
     for name in ("self_forcing", "teacher_forcing", "end_frame"):
         metrics = json.load(open(os.path.join(out, f"{name}_metrics.json")))
         assert metrics["generator_steps"] == 1 and metrics["critic_steps"] == 2
-
-
-@pytest.fixture
-def fresh_accelerate_state():
-    """accelerate keeps one process-wide state that fixes the precision of its first Accelerator; the CLI runs
-    every stage in its own process, while this test runs them beside float32 ones in one."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def test_training_ii_steps_run_under_bf16_autocast(tmp_path, fresh_accelerate_state):

@@ -118,11 +118,14 @@ def test_a_copy_of_the_compiled_teacher_computes_with_its_own_weights():
 def test_fixed_draw_loss_repeats_and_keeps_every_caption():
     teacher = toy_teacher()
     latents, ids, mask, tokens = _batch()
+    latents, ids, mask = torch.cat([latents, latents[:1] * 0.5]), torch.cat([ids, ids[:1]]), torch.cat([mask, mask[:1]])
     args = (teacher, latents, ids, mask, tokens.empty_ids, tokens.empty_mask, 3.0)
     value = fixed_draw_loss(*args, batch_size=2, seed=4)
     assert value == fixed_draw_loss(*args, batch_size=2, seed=4)
     assert value != fixed_draw_loss(*args, batch_size=2, seed=5)
+    generator = torch.Generator().manual_seed(4)
     with torch.no_grad():
-        expected = flow_matching_loss(teacher, latents, ids, mask, tokens.empty_ids, tokens.empty_mask,
-                                      torch.Generator().manual_seed(4), shift=3.0, text_dropout=0.0)
-    assert abs(value - float(expected)) < 1e-6
+        parts = [flow_matching_loss(teacher, latents[part], ids[part], mask[part], tokens.empty_ids,
+                                    tokens.empty_mask, generator, shift=3.0, text_dropout=0.0)
+                 for part in (slice(0, 2), slice(2, 3))]
+    assert abs(value - (2 * float(parts[0]) + float(parts[1])) / 3) < 1e-6

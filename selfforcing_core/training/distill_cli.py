@@ -8,11 +8,20 @@ import argparse
 STAGES = ("ode", "causal-init", "self-forcing", "baseline", "end-frame", "evaluate")
 
 
-def _budget(parser: argparse.ArgumentParser, minutes: float) -> None:
+def add_budget(parser: argparse.ArgumentParser, minutes: float) -> None:
+    """`--minutes` or `--steps`, the budget of a training stage (shared with the Training I stages)."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--minutes", type=float, default=None,
                        help=f"wall-clock budget of the stage (default {minutes} when --steps is not given)")
-    group.add_argument("--steps", type=int, default=None, help="exactly this many (generator) steps")
+    group.add_argument("--steps", type=int, default=None,
+                       help="exactly this many steps (generator steps when distilling; resumable)")
+
+
+def add_precision(parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("auto", "no", "bf16")) -> None:
+    """`--precision`, the autocast of the training steps. fp16 only where one model trains: its gradient
+    scaler is the accelerator's, which distillation's generator and critic would share."""
+    parser.add_argument("--precision", choices=choices, default="auto",
+                        help="autocast precision of the training steps (auto: bf16 on GPU, float32 on CPU)")
 
 
 def _models(parser: argparse.ArgumentParser, vae: bool = False) -> None:
@@ -29,11 +38,10 @@ def _optimiser(parser: argparse.ArgumentParser, lr: float, ema: float, minutes: 
     parser.add_argument("--ema", type=float, default=ema, help="EMA decay")
     parser.add_argument("--warmup", type=int, default=warmup, help="learning-rate warm-up steps")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", choices=("auto", "no", "bf16", "fp16"), default="auto",
-                        help="autocast precision of the training steps (auto: bf16 on GPU, float32 on CPU)")
+    add_precision(parser)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--log-every", type=int, default=10)
-    _budget(parser, minutes)
+    add_budget(parser, minutes)
 
 
 def _distill(parser: argparse.ArgumentParser, minutes: float) -> None:

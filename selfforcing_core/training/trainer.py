@@ -83,8 +83,12 @@ class Trainer:
         return self.accelerator.unwrap_model(self.model)
 
     def ema_model(self) -> nn.Module:
-        """A float32 copy of the model in eval mode holding the EMA weights (for export and evaluation)."""
-        model = copy.deepcopy(self.unwrapped).float().eval()
+        """A float32 copy of the model in eval mode holding the EMA weights (for export and evaluation), without
+        the autocast that the accelerator wraps around the training model's forward."""
+        from accelerate.utils import extract_model_from_parallel
+
+        model = extract_model_from_parallel(copy.deepcopy(self.unwrapped), keep_fp32_wrapper=False)
+        model = model.float().eval()
         self.ema.copy_to(model)
         return model
 
