@@ -49,19 +49,21 @@ def vae_step_fn(batch: int, device: torch.device, variant: str) -> tuple[torch.n
 
 
 def teacher_step_fn(batch: int, device: torch.device, variant: str) -> tuple[torch.nn.Module, StepFn]:
-    """The teacher step; variants: eager, blocks (the blocks' fixed parts), whole (the whole teacher, as `--compile`)."""
+    """The teacher step; variants: eager, blocks (the blocks' fixed parts), whole (the whole teacher, as
+    `--compile`)."""
     sizes = PRESETS["world"]
     model = build_teacher(sizes.dit, sizes.text).to(device)
     tokens = CaptionTokens(sizes.text_len)
     latents = torch.randn(batch, 16, 9, 16, 16, device=device)
     ids, mask = tokens(["a red circle moves right across a blue background"] * batch)
     ids, mask = ids.to(device), mask.to(device)
+    empty_ids, empty_mask = tokens.empty_ids.to(device), tokens.empty_mask.to(device)
     if variant == "blocks":
         model.dit.compile_blocks()
     elif variant == "whole":
         model.compile()
-    return model, lambda generator: flow_matching_loss(model, latents, ids, mask, tokens.empty_ids, tokens.empty_mask,
-                                                       generator, 3.0, 0.1)
+    return model, lambda generator: flow_matching_loss(model, latents, ids, mask, empty_ids, empty_mask, generator,
+                                                       3.0, 0.1)
 
 
 def sync(device: torch.device) -> None:

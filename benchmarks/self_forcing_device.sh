@@ -20,7 +20,7 @@ EVAL="--out $WORK --vae $MODELS/world_vae.safetensors --text-encoder $MODELS/wor
   --workers 4 --clips ${CLIPS:-200} --long-clips ${LONG_CLIPS:-100}"
 STEPS=${STEPS:-20}  # generator steps of each of Self Forcing, teacher forcing and diffusion forcing
 BATCH=${BATCH:-64}
-PRECISION=${PRECISION:-auto}  # of the training stages: auto = bf16 autocast on the GPU; no = float32 (+ TF32)
+PRECISION=${PRECISION:-auto}  # training stages: auto (= bf16 autocast on the GPU), bf16, or no (float32 + TF32)
 # One thread per process: the evaluator's worker processes oversubscribed the cores otherwise.
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 mkdir -p "$WORK" "$OUT"

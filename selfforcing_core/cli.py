@@ -62,7 +62,8 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     teacher.add_argument("--loss-clips", type=int, default=256,
                          help="bank and held-out clips whose flow loss is compared at the end (0: none)")
     teacher.add_argument("--guidance", type=float, default=5.0)
-    teacher.add_argument("--compile", action="store_true", help="torch.compile the whole teacher (text encoder and DiT)")
+    teacher.add_argument("--compile", action="store_true",
+                         help="torch.compile the whole teacher (text encoder and DiT)")
     teacher.add_argument("--init", help="start from the DiT and text encoder exported in this folder (a previous run's "
                                         "--out), to continue training in a new run")
 

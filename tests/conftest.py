@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Iterator
 
 import pytest
 
@@ -20,7 +21,7 @@ def model() -> CausalWanModel:
 
 
 @pytest.fixture
-def fresh_accelerate_state():
+def fresh_accelerate_state() -> Iterator[None]:
     """accelerate keeps one process-wide state that fixes the precision of its first Accelerator; the CLI runs
     every training stage in its own process, a test that needs bf16 runs beside float32 ones in one."""
     from accelerate.state import AcceleratorState

@@ -82,6 +82,22 @@ def test_ema_follows_with_warm_up():
     assert torch.equal(target.weight, ema.shadow["weight"])
 
 
+def test_ema_update_moves_every_parameter_by_its_own_shadow():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)).to(torch.bfloat16)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        for index, param in enumerate(model.parameters()):
+            param.fill_(float(index + 1))
+    expected = {name: value.clone() for name, value in ema.shadow.items()}
+    decay = min(0.5, 2.0 / 11.0)
+    for name, param in model.named_parameters():
+        expected[name].lerp_(param.float(), 1.0 - decay)
+    ema.update(model)
+    for name, value in ema.shadow.items():
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, expected[name], rtol=0, atol=0)
+
+
 def test_the_ema_model_runs_in_float32_outside_the_training_autocast(fresh_accelerate_state):
     """The accelerator wraps the training model's forward in bf16 autocast; the EMA copy that is exported,
     evaluated and scored runs without it, while training keeps it."""

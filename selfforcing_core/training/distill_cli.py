@@ -18,8 +18,8 @@ def add_budget(parser: argparse.ArgumentParser, minutes: float) -> None:
 
 
 def add_precision(parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("auto", "no", "bf16")) -> None:
-    """`--precision`, the autocast of the training steps. fp16 only where one model trains: its gradient
-    scaler is the accelerator's, which distillation's generator and critic would share."""
+    """`--precision`, the autocast of the training steps. Training I also offers fp16; Training II does not,
+    since the accelerator's one gradient scaler would serve distillation's generator and critic together."""
     parser.add_argument("--precision", choices=choices, default="auto",
                         help="autocast precision of the training steps (auto: bf16 on GPU, float32 on CPU)")
 

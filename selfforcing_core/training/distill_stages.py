@@ -199,6 +199,8 @@ def run_causal_init_stage(stage: CausalInitStage) -> dict[str, float]:
         return ode_regression_loss(trainer.unwrapped, states, context, settings, generator, stage.prefix_probability)
 
     trainer.run(loss_fn, "causal-init")
+    if not accelerator.is_main_process:
+        return {}
     model = trainer.ema_model()
     export_student(model, os.path.join(stage.out, INIT_FILE), settings, world, "causal init (ODE regression)")
     metrics = {"steps": trainer.state.step, "train_seconds": trainer.state.elapsed_seconds,
@@ -256,6 +258,8 @@ def run_distill_stage(stage: DistillStage) -> dict[str, float]:
     fake.resume()
     distill = Distillation(generator, fake, teacher.model, encode, uncond, bank, settings, stage.options)
     distill.run(stage.train.checkpoint_every, stage.train.log_every)
+    if not accelerator.is_main_process:
+        return {}
     model = generator.ema_model()
     kind = f"{stage.name} (DMD, {stage.options.method} rollouts)"
     goal = stage.options.end_frame

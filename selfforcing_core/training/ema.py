@@ -18,9 +18,10 @@ class EMA:
         """Move the shadow towards the model's current parameters."""
         self.updates += 1
         decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
-        names, params = zip(*model.named_parameters())
-        # One multi-tensor kernel instead of a launch per parameter (about 120 for the teacher, every step).
-        torch._foreach_lerp_([self.shadow[name] for name in names], [p.detach().float() for p in params], 1.0 - decay)
+        params = dict(model.named_parameters())
+        # A few multi-tensor launches instead of one per parameter (about 210 for the teacher, every step).
+        torch._foreach_lerp_([self.shadow[name] for name in params], [p.detach().float() for p in params.values()],
+                             1.0 - decay)
 
     @torch.no_grad()
     def copy_to(self, model: nn.Module) -> None:

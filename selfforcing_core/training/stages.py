@@ -274,10 +274,13 @@ def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
     trainer = Trainer(teacher, stage.train, accelerator, os.path.join(stage.out, "teacher_state"))
     trainer.resume()
 
+    # On the device once: a copy from the host every step would wait for the GPU.
+    empty_ids, empty_mask = tokens.empty_ids.to(accelerator.device), tokens.empty_mask.to(accelerator.device)
+
     def loss_fn(model, generator: torch.Generator, step: int) -> torch.Tensor:
         index = torch.randint(len(bank), (stage.batch,), generator=generator, device=generator.device)
         latents, ids, mask = bank.batch(index)
-        return flow_matching_loss(model, latents, ids, mask, tokens.empty_ids, tokens.empty_mask, generator,
+        return flow_matching_loss(model, latents, ids, mask, empty_ids, empty_mask, generator,
                                   stage.shift, stage.text_dropout)
 
     trainer.run(loss_fn, "teacher")
