@@ -36,17 +36,28 @@ run() {  # log name, time limit, then the train command's arguments (skipped pas
   local name=$1 limit=$2; shift 2
   if [ $(( $(date +%s) - began )) -gt "${LAST_START:-470}" ]; then stamp "$name skipped: out of time"; return; fi
   stamp "$name"
-  timeout "$limit" $TRAIN "$@" >"$WORK/$name.out" 2>&1 || { echo "$name failed:"; tail -n 30 "$WORK/$name.out"; }
+  timeout "$limit" $TRAIN "$@" >"$WORK/$name.out" 2>&1 && return 0
+  local rc=$?
+  echo "$name failed (rc $rc):"; tail -n 30 "$WORK/$name.out"
+  return $rc
+}
+trained() {  # like run, for a training stage: a failure (not a timeout) under bf16 is tried once more in float32
+  local name=$1 limit=$2; shift 2
+  run "$name" "$limit" "$@" --precision "$PRECISION" && return 0
+  local rc=$?
+  [ "$rc" = 124 ] || [ "$PRECISION" = no ] && return 0
+  mv "$WORK/$name.out" "$WORK/${name}_bf16.out"
+  run "$name" "$limit" "$@" --precision no
 }
 distill() {  # log name, then the stage and its options
   local name=$1; shift
-  run "$name" 150 "$@" $FROZEN --out "$WORK" --bank "$WORK/clip_bank.safetensors" --batch "$BATCH" --precision "$PRECISION"
+  trained "$name" 150 "$@" $FROZEN --out "$WORK" --bank "$WORK/clip_bank.safetensors" --batch "$BATCH"
 }
 
 run ode 80 ode --out "$WORK" $FROZEN --vae $MODELS/world_vae.safetensors --bank-clips 4096 \
   --bank-minutes 0.3 --pairs 6144 --pairs-minutes 0.3 --batch "${PAIR_BATCH:-256}"
-run causal_init 85 causal-init --out "$WORK" $FROZEN --pairs "$WORK/ode_pairs.safetensors" --minutes "${INIT_MINUTES:-1.0}" \
-  --batch "$BATCH" --precision "$PRECISION"
+trained causal_init 85 causal-init --out "$WORK" $FROZEN --pairs "$WORK/ode_pairs.safetensors" \
+  --minutes "${INIT_MINUTES:-1.0}" --batch "$BATCH"
 evaluate init --model "$WORK/causal_init.safetensors" --keyframes start
 evaluate teacher --teacher $MODELS/world_teacher.safetensors --truth
 distill self_forcing self-forcing --init "$WORK/causal_init.safetensors" --steps "$STEPS" --export "$OUT/world_causal.safetensors"
