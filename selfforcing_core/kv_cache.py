@@ -166,8 +166,10 @@ class KVCache:
 
         The buffers always hold detached values. When the chunk's K/V carry gradients (a training
         rollout's exit step), the returned K/V are a fresh copy with the chunk's grad-carrying
-        tokens spliced in, so later in-place cache writes never touch what autograd saved.
+        tokens spliced in, so later in-place cache writes never touch what autograd saved. K/V come back
+        in the cache's dtype whatever autocast made of them (on CUDA, bf16 autocast leaves v in bf16).
         """
+        keys, values = keys.to(self.keys.dtype), values.to(self.values.dtype)
         layout = self.layout
         tokens = layout.frame_tokens
         num_frames = keys.shape[2] // tokens

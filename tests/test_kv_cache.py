@@ -45,6 +45,18 @@ def test_cache_memory_is_flat_over_ten_times_the_length():
     assert cache.memory_bytes() == 2 * 2 * 1 * 2 * 9 * 3 * 4 * 4
 
 
+def test_grad_carrying_writes_in_another_dtype_come_back_in_the_cache_dtype():
+    """A training rollout under bf16 autocast writes bf16 K/V into a float32 cache (the H200 run of
+    2026-12-02 stopped here); they are spliced in as float32 and the gradient reaches the bf16 source."""
+    cache = _cache(local_window=6, sink_frames=3)
+    keys = torch.randn(1, 2, 3 * 3, 4, dtype=torch.bfloat16, requires_grad=True)
+    values = torch.randn(1, 2, 3 * 3, 4, dtype=torch.bfloat16, requires_grad=True)
+    k, v = cache.write(0, 0, keys, values)
+    assert k.dtype == v.dtype == torch.float32
+    (k.sum() + 2 * v.sum()).backward()
+    assert keys.grad.dtype == torch.bfloat16 and torch.all(keys.grad == 1) and torch.all(values.grad == 2)
+
+
 def test_global_cache_refuses_to_overflow():
     cache = _cache(max_frames=6)
     _write_chunks(cache, chunk=3, chunks=2)
