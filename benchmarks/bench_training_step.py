@@ -8,6 +8,11 @@ speed-ups to try, and prints the steps per second and the kernels that take most
     python benchmarks/bench_training_step.py --steps 30 --top 12
     python benchmarks/bench_training_step.py --top 0 --teacher-variants eager,blocks,whole \
         --vae-variants eager,compiled,channels_last      # which speed-ups pay (compiled ones warm up first)
+    python benchmarks/bench_training_step.py --top 12 --teacher-variants whole,trainer --vae-variants ""
+
+The `trainer` variant is the compiled teacher inside `Trainer.step` (accelerate's autocast, gradient clipping,
+EMA, learning-rate schedule) on clips gathered from a latent bank, as `train teacher --compile` runs it: its gap
+to `whole` is what the training loop adds around the model.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from selfforcing_core.training.world_scene import WorldConfig  # noqa: E402
 from selfforcing_core.wan_vae import WanVAE  # noqa: E402
 
 StepFn = Callable[[torch.Generator], torch.Tensor]
-VARIANTS = {"teacher": ("eager", "blocks", "whole"), "vae": ("eager", "compiled", "channels_last")}
+VARIANTS = {"teacher": ("eager", "blocks", "whole", "trainer"), "vae": ("eager", "compiled", "channels_last")}
 
 
 def vae_step_fn(batch: int, device: torch.device, variant: str) -> tuple[torch.nn.Module, StepFn]:
@@ -66,12 +71,34 @@ def teacher_step_fn(batch: int, device: torch.device, variant: str) -> tuple[tor
                                                        3.0, 0.1)
 
 
+def teacher_trainer_step(batch: int, device: torch.device) -> Callable[[], torch.Tensor]:
+    """One `Trainer.step` of the compiled teacher on a random 4096-clip latent bank (the `trainer` variant)."""
+    from selfforcing_core.training.trainer import TrainOptions, Trainer, make_accelerator
+
+    sizes = PRESETS["world"]
+    model = build_teacher(sizes.dit, sizes.text)
+    model.compile()
+    tokens = CaptionTokens(sizes.text_len)
+    ids, mask = tokens([f"a red circle moves right across a blue background {i}" for i in range(4096)])
+    bank = (torch.randn(4096, 16, 9, 16, 16, device=device, dtype=torch.float16), ids.to(device), mask.to(device))
+    empty_ids, empty_mask = tokens.empty_ids.to(device), tokens.empty_mask.to(device)
+    trainer = Trainer(model, TrainOptions(steps=10**9, warmup_steps=10), make_accelerator("auto"))
+
+    def loss_fn(teacher: torch.nn.Module, generator: torch.Generator, step: int) -> torch.Tensor:
+        index = torch.randint(len(bank[0]), (batch,), generator=generator, device=generator.device)
+        return flow_matching_loss(teacher, bank[0][index].float(), bank[1][index], bank[2][index], empty_ids,
+                                  empty_mask, generator, 3.0, 0.1)
+
+    return lambda: trainer.step(loss_fn)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def measure(name: str, model: torch.nn.Module, loss_fn, steps: int, top: int, device: torch.device) -> None:
+def plain_step(model: torch.nn.Module, loss_fn: StepFn, device: torch.device) -> Callable[[], None]:
+    """Forward, backward and AdamW under bf16 autocast, nothing else."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     generator = torch.Generator(device).manual_seed(0)
 
@@ -82,6 +109,11 @@ def measure(name: str, model: torch.nn.Module, loss_fn, steps: int, top: int, de
         loss.backward()
         optimizer.step()
 
+    return step
+
+
+def measure(name: str, step: Callable[[], object], steps: int, top: int, device: torch.device) -> None:
+    """Warm up, then print steps/s (and the `top` GPU kernels when top > 0)."""
     for _ in range(3):
         step()
     sync(device)
@@ -119,11 +151,14 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     print(torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch", torch.__version__)
     for variant in filter(None, args.teacher_variants.split(",")):
-        model, step = teacher_step_fn(args.teacher_batch, device, variant)
-        measure(f"teacher {variant}", model, step, args.steps, args.top, device)
+        if variant == "trainer":
+            step = teacher_trainer_step(args.teacher_batch, device)
+        else:
+            step = plain_step(*teacher_step_fn(args.teacher_batch, device, variant), device)
+        measure(f"teacher {variant}", step, args.steps, args.top, device)
     for variant in filter(None, args.vae_variants.split(",")):
-        model, step = vae_step_fn(args.vae_batch, device, variant)
-        measure(f"vae {variant}", model, step, args.steps, args.top, device)
+        measure(f"vae {variant}", plain_step(*vae_step_fn(args.vae_batch, device, variant), device), args.steps,
+                args.top, device)
 
 
 if __name__ == "__main__":
