@@ -8,8 +8,8 @@
 # of MODELS), results.json, log.txt, samples_*.npz.
 # Measured on an H100 (2026-11-25, world sizes, batch 64, float32 + TF32): causal init 5.3 steps/s,
 # one generator step (with its 5 critic steps) about 3.5 s alone, up to 7 s beside the evaluations.
-# The training stages now run under bf16 autocast on the GPU (PRECISION=auto; PRECISION=no is the float32 of
-# the runs above); not measured on a device yet.
+# The training stages run under bf16 autocast on the GPU (PRECISION=auto; PRECISION=no is the float32 of the
+# runs above); on an H200 (2026-12-02) a generator step took 1.5 s in bf16 and 1.75 s in float32 at batch 64.
 set -u
 OUT=${1:?usage: self_forcing_device.sh OUT}
 WORK=${WORK:-/tmp/self_forcing}
