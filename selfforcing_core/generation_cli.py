@@ -14,7 +14,8 @@ import torch
 
 from .checkpoint import load_transformer
 from .keyframe_prefix import END_MODES, trained_with_goal
-from .keyframes import CONTINUATION_FRAMES, encode_continuation, encode_keyframe, prepare_keyframe
+from .keyframes import (CONTINUATION_FRAMES, encode_continuation, encode_end_keyframe, encode_keyframe,
+                        prepare_keyframe)
 from .pipeline import GenerationRequest, PromptSegment, VideoPipeline
 from .text_encoder_loading import load_text_encoder
 from .vae_loading import load_video_decoder, load_wan_vae
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> str:
     needs_encoder = args.start_image or args.end_image or args.extend
     vae = load_wan_vae(args.vae, dtype=dtype, device=device) if needs_encoder else None
     start = encode_keyframe(vae, _read_image(args.start_image), width, height) if args.start_image else None
-    end = encode_keyframe(vae, _read_image(args.end_image), width, height) if args.end_image else None
+    end = encode_end_keyframe(vae, _read_image(args.end_image), width, height) if args.end_image else None
     steps = tuple(int(s) for s in args.steps.split(",")) if args.steps else None
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     pipeline = VideoPipeline(loaded.model, loaded.settings, decoder,

@@ -10,13 +10,17 @@ from safetensors.torch import load_file
 from selfforcing_core.keyframes import (
     encode_clip,
     encode_continuation,
+    encode_end_keyframe,
     encode_keyframe,
     encode_keyframes,
     prepare_keyframe,
 )
-from selfforcing_core.vae_loading import wan_vae_from_state_dict
+from selfforcing_core.training.data import world_clips
+from selfforcing_core.training.world_scene import WorldConfig
+from selfforcing_core.vae_loading import load_wan_vae, wan_vae_from_state_dict
 
 CASE = Path(__file__).parent / "golden" / "wan_vae_tiny.safetensors"
+SHIPPED_VAE = Path(__file__).parent.parent / "models" / "world_vae.safetensors"
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +125,25 @@ def test_target_size_must_be_a_multiple_of_16(width, height, nearest):
 def test_malformed_images_are_refused(image, message):
     with pytest.raises(ValueError, match=message):
         prepare_keyframe(image, width=32, height=32)
+
+
+@torch.no_grad()
+def test_end_keyframe_decodes_as_the_last_frames_of_a_video():
+    """The end keyframe's latent replaces a video's last latent frame, which the VAE decodes into four frames
+    after the ones before it. Encoded as such a time step (the shipped world VAE, ground-truth clips), the last
+    frame comes back far closer to the keyframe than when it is encoded like a start frame."""
+    vae = load_wan_vae(str(SHIPPED_VAE), dtype=torch.float32)
+    video, _ = world_clips(7, range(2), WorldConfig(height=128, width=128, num_frames=33))
+    latents = vae.encode(video)
+    end_image = video[:, :, -1].permute(0, 2, 3, 1).add(1).div(2)
+
+    def last_frame_psnr(end_latent: torch.Tensor) -> float:
+        decoded = vae.decode(torch.cat([latents[:, :, :-1], end_latent], dim=2))[:, :, -1].clamp(-1, 1)
+        return float(10 * torch.log10(4.0 / (decoded - video[:, :, -1]).pow(2).mean()))
+
+    as_end = last_frame_psnr(encode_end_keyframe(vae, end_image, 128, 128))
+    as_start = last_frame_psnr(encode_keyframe(vae, end_image, 128, 128))
+    assert as_end > 25.0 and as_end > as_start + 4.0, (as_end, as_start)
+    both = encode_keyframes(vae, width=128, height=128, start=end_image, end=end_image)
+    assert torch.equal(both.end, encode_end_keyframe(vae, end_image, 128, 128))
+    assert torch.equal(both.start, encode_keyframe(vae, end_image, 128, 128))

@@ -21,6 +21,7 @@ from torch import nn
 from ..config import CausalSettings
 from ..keyframe_conditioning import EndFrameGuidance
 from ..keyframe_prefix import GOAL_FRAMES
+from ..keyframes import end_keyframe_latent
 from ..noise import SeededNoise
 from ..sampler import StreamingSampler, plan_chunks
 from ..transformer import CausalWanModel
@@ -58,9 +59,14 @@ class Decoding:
         return video.transpose(1, 2).cpu()
 
     @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Keyframe latents [B, C, 1, h, w] of images [B, 3, H, W] in [-1, 1], each encoded on its own."""
+    def encode_start(self, images: torch.Tensor) -> torch.Tensor:
+        """Start keyframe latents [B, C, 1, h, w] of images [B, 3, H, W] in [-1, 1], each encoded on its own."""
         return self.vae.encode(images.to(self.vae.device, self.vae.dtype)[:, :, None]).float()
+
+    @torch.no_grad()
+    def encode_end(self, images: torch.Tensor) -> torch.Tensor:
+        """End keyframe latents [B, C, 1, h, w] of images [B, 3, H, W] in [-1, 1], as the node pack encodes them."""
+        return end_keyframe_latent(self.vae, images.to(self.vae.device, self.vae.dtype)).float()
 
 
 def held_out(count: int, config: WorldConfig) -> tuple[torch.Tensor, list[SceneParams]]:
@@ -96,8 +102,8 @@ def causal_videos(
         part = slice(first, first + batch_size)
         context = decoding.embed([scene.caption for scene in scenes[part]])
         noise = SeededNoise(seed + first, context.shape[0])
-        start = decoding.encode_images(truth[part, 0]) if mode != "none" else None
-        end = decoding.encode_images(truth[part, -1]) if mode not in ("none", "start") else None
+        start = decoding.encode_start(truth[part, 0]) if mode != "none" else None
+        end = decoding.encode_end(truth[part, -1]) if mode not in ("none", "start") else None
         if mode.startswith("goal"):
             pin = None
             if mode == "goal_pinned":

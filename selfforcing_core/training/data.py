@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..keyframes import end_keyframe_latent
 from ..tokenizers import ByteTokenizer, PromptWarning
 from ..wan_vae import WanVAE
 from .world import sample_scenes
@@ -202,7 +203,7 @@ def encode_stream(
         video = render_scenes(part, vae.device, vae.dtype).transpose(1, 2)
         latents.append(vae.encode(video).to(dtype))
         if end_frames:
-            ends.append(vae.encode(video[:, :, -1:]).to(dtype))
+            ends.append(end_keyframe_latent(vae, video[:, :, -1]).to(dtype))
         done += len(part)
         if max_seconds is not None and time.monotonic() - began > max_seconds:
             break

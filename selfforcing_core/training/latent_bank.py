@@ -2,7 +2,7 @@
 
 Self Forcing itself needs only captions (and a first frame for start-keyframe rollouts); the teacher-
 and diffusion-forcing baselines need the clips' latents as context, and end-frame training needs each
-clip's last frame encoded on its own, as the node pack encodes an end keyframe image.
+clip's last frame encoded as the node pack encodes an end keyframe image (`keyframes.end_keyframe_latent`).
 """
 from __future__ import annotations
 
