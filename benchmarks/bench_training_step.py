@@ -82,7 +82,8 @@ def teacher_trainer_step(batch: int, device: torch.device) -> Callable[[], torch
     ids, mask = tokens([f"a red circle moves right across a blue background {i}" for i in range(4096)])
     bank = (torch.randn(4096, 16, 9, 16, 16, device=device, dtype=torch.float16), ids.to(device), mask.to(device))
     empty_ids, empty_mask = tokens.empty_ids.to(device), tokens.empty_mask.to(device)
-    trainer = Trainer(model, TrainOptions(steps=10**9, warmup_steps=10), make_accelerator("auto"))
+    trainer = Trainer(model, TrainOptions(steps=10**9, warmup_steps=10),
+                      make_accelerator("auto", cpu=device.type == "cpu"))
 
     def loss_fn(teacher: torch.nn.Module, generator: torch.Generator, step: int) -> torch.Tensor:
         index = torch.randint(len(bank[0]), (batch,), generator=generator, device=generator.device)

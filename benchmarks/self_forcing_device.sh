@@ -41,11 +41,12 @@ run() {  # log name, time limit, then the train command's arguments (skipped pas
   echo "$name failed (rc $rc):"; tail -n 30 "$WORK/$name.out"
   return $rc
 }
-trained() {  # like run, for a training stage: a failure (not a timeout) under bf16 is tried once more in float32
-  local name=$1 limit=$2; shift 2
+trained() {  # like run, for a training stage: an error under bf16 (not a timeout or a kill) is tried once more
+  local name=$1 limit=$2; shift 2   # in float32, if there is time left to start it
   run "$name" "$limit" "$@" --precision "$PRECISION" && return 0
   local rc=$?
-  [ "$rc" = 124 ] || [ "$PRECISION" = no ] && return 0
+  case "$rc" in 124|137) return "$rc" ;; esac
+  [ "$PRECISION" = no ] && return "$rc"
   mv "$WORK/$name.out" "$WORK/${name}_bf16.out"
   run "$name" "$limit" "$@" --precision no
 }

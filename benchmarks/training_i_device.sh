@@ -8,7 +8,7 @@
 # Defaults: VAE 12 min (batch 8, 4096-clip bank), teacher 10 min (batch 128), both compiled.
 # Go on from the committed VAE: VAE_ARGS="--init benchmarks/checkpoints/run7/world_vae.safetensors --lr 3e-4 ..."
 # fine-tunes it; VAE_FILE=benchmarks/checkpoints/run7/world_vae.safetensors trains only the teacher on it
-# (TEACHER_ARGS="--init benchmarks/checkpoints/run7 ..." continues the run-6 teacher: see training_results.md).
+# (TEACHER_ARGS="--init benchmarks/checkpoints/run7 ..." continues the run-7 teacher: see training_results.md).
 set -u
 MODE=${1:?usage: training_i_device.sh start|collect WORK [OUT]}
 WORK=${2:?usage: training_i_device.sh start|collect WORK [OUT]}

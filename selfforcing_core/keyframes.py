@@ -27,8 +27,6 @@ SIZE_MULTIPLE = 16  # 8x VAE downsampling, then the transformer's 2x2 latent pat
 
 # A continuation starts from the last 9 frames of a video: one chunk of 3 latent frames.
 CONTINUATION_FRAMES = 9
-# The end keyframe is held for this many frames (1 + 4: the VAE's first time step and one more) to encode it.
-END_HOLD_FRAMES = 5
 
 
 class KeyframeLatents(NamedTuple):
@@ -70,7 +68,7 @@ def encode_end_keyframe(vae: WanVAE, image: torch.Tensor, width: int, height: in
 
 def end_keyframe_latent(vae: WanVAE, frames: torch.Tensor) -> torch.Tensor:
     """The latent a video's later time step has when its frames all show `frames` [B, 3, H, W] in [-1, 1]."""
-    held = frames.unsqueeze(2).expand(-1, -1, END_HOLD_FRAMES, -1, -1)
+    held = frames.unsqueeze(2).expand(-1, -1, 1 + vae.config.temporal_factor, -1, -1)  # time steps 0 and 1
     return vae.encode(held)[:, :, 1:2]
 
 

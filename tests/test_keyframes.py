@@ -15,7 +15,7 @@ from selfforcing_core.keyframes import (
     encode_keyframes,
     prepare_keyframe,
 )
-from selfforcing_core.training.data import world_clips
+from selfforcing_core.training.data import CaptionTokens, encode_stream, world_clips
 from selfforcing_core.training.world_scene import WorldConfig
 from selfforcing_core.vae_loading import load_wan_vae, wan_vae_from_state_dict
 
@@ -147,3 +147,14 @@ def test_end_keyframe_decodes_as_the_last_frames_of_a_video():
     both = encode_keyframes(vae, width=128, height=128, start=end_image, end=end_image)
     assert torch.equal(both.end, encode_end_keyframe(vae, end_image, 128, 128))
     assert torch.equal(both.start, encode_keyframe(vae, end_image, 128, 128))
+
+
+@torch.no_grad()
+def test_the_training_clip_bank_encodes_end_keyframes_as_the_pack_does(vae):
+    """End-frame training and the evaluator's guidance runs see the end latents a user's end image gets."""
+    config = WorldConfig(height=32, width=32, num_frames=5)
+    stream = encode_stream(vae, CaptionTokens(256), 3, 2, config, 2, torch.float32, end_frames=True)
+    video, _ = world_clips(3, range(2), config)
+    last_images = video[:, :, -1].permute(0, 2, 3, 1).add(1).div(2)
+    torch.testing.assert_close(stream.end_latents, encode_end_keyframe(vae, last_images, 32, 32), rtol=0, atol=1e-5)
+    assert not torch.allclose(stream.end_latents, encode_keyframe(vae, last_images, 32, 32))

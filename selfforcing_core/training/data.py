@@ -171,7 +171,7 @@ class LatentBank:
 
 
 class EncodedStream(NamedTuple):
-    """Clips of a world stream as latents, with their last frames encoded alone (if asked) and captions."""
+    """Clips of a world stream as latents, their last frames as end keyframe latents (if asked), and captions."""
 
     latents: torch.Tensor
     end_latents: torch.Tensor | None

@@ -1,6 +1,6 @@
 """End-frame conditioning trained in: the end keyframe is a clean goal frame at the front of the KV cache.
 
-Design: the end image's latent (encoded on its own, as the node pack encodes keyframes) is written
+Design: the end image's latent (encoded as the node pack encodes end keyframes, `keyframes.end_keyframe_latent`) is written
 into the cache first, at latent frame 0, so every chunk attends to it as to an attention sink (a sink
 slot keeps it when the window rolls); the video follows from frame 1, after the start keyframe if one
 is given. The student learns to use it with Self Forcing on its own rollouts (DMD on the video, the
