@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from selfforcing_core.training.data import CaptionTokens, world_clips  # noqa: E402
+from selfforcing_core.training.data import CaptionTokens, LatentBank, world_clips  # noqa: E402
 from selfforcing_core.training.model_sizes import PRESETS  # noqa: E402
-from selfforcing_core.training.teacher_training import build_teacher, flow_matching_loss  # noqa: E402
+from selfforcing_core.training.teacher_training import bank_flow_loss, build_teacher, flow_matching_loss  # noqa: E402
 from selfforcing_core.training.vae_training import VAEAutoencoder, init_posterior, vae_loss  # noqa: E402
 from selfforcing_core.training.world_scene import WorldConfig  # noqa: E402
 from selfforcing_core.wan_vae import WanVAE  # noqa: E402
@@ -79,17 +79,13 @@ def teacher_trainer_step(batch: int, device: torch.device) -> Callable[[], torch
     model = build_teacher(sizes.dit, sizes.text)
     model.compile()
     tokens = CaptionTokens(sizes.text_len)
-    ids, mask = tokens([f"a red circle moves right across a blue background {i}" for i in range(4096)])
-    bank = (torch.randn(4096, 16, 9, 16, 16, device=device, dtype=torch.float16), ids.to(device), mask.to(device))
+    captions = [f"a red circle moves right across a blue background {i}" for i in range(4096)]
+    ids, mask = tokens(captions)
+    bank = LatentBank(torch.randn(4096, 16, 9, 16, 16, device=device), ids.to(device), mask.to(device), captions)
     empty_ids, empty_mask = tokens.empty_ids.to(device), tokens.empty_mask.to(device)
     trainer = Trainer(model, TrainOptions(steps=10**9, warmup_steps=10),
                       make_accelerator("auto", cpu=device.type == "cpu"))
-
-    def loss_fn(teacher: torch.nn.Module, generator: torch.Generator, step: int) -> torch.Tensor:
-        index = torch.randint(len(bank[0]), (batch,), generator=generator, device=generator.device)
-        return flow_matching_loss(teacher, bank[0][index].float(), bank[1][index], bank[2][index], empty_ids,
-                                  empty_mask, generator, 3.0, 0.1)
-
+    loss_fn = bank_flow_loss(bank, batch, empty_ids, empty_mask, 3.0, 0.1)
     return lambda: trainer.step(loss_fn)
 
 

@@ -56,14 +56,18 @@ def encode_keyframes(
 
 def encode_keyframe(vae: WanVAE, image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Normalised latent [B, z_dim, 1, height/8, width/8] of one keyframe image (or a batch of them)."""
-    frames = prepare_keyframe(image, width, height)
-    return vae.encode(frames.unsqueeze(2))
+    return start_keyframe_latent(vae, prepare_keyframe(image, width, height))
 
 
 def encode_end_keyframe(vae: WanVAE, image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Normalised latent [B, z_dim, 1, height/8, width/8] of an end keyframe image (or a batch of them),
     encoded as a later time step of a video (see the module docstring)."""
     return end_keyframe_latent(vae, prepare_keyframe(image, width, height))
+
+
+def start_keyframe_latent(vae: WanVAE, frames: torch.Tensor) -> torch.Tensor:
+    """The latent of a video's first time step showing `frames` [B, 3, H, W] in [-1, 1] (a one-frame video)."""
+    return vae.encode(frames.unsqueeze(2))
 
 
 def end_keyframe_latent(vae: WanVAE, frames: torch.Tensor) -> torch.Tensor:

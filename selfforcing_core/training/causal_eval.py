@@ -21,7 +21,7 @@ from torch import nn
 from ..config import CausalSettings
 from ..keyframe_conditioning import EndFrameGuidance
 from ..keyframe_prefix import GOAL_FRAMES
-from ..keyframes import end_keyframe_latent
+from ..keyframes import end_keyframe_latent, start_keyframe_latent
 from ..noise import SeededNoise
 from ..sampler import StreamingSampler, plan_chunks
 from ..transformer import CausalWanModel
@@ -61,7 +61,7 @@ class Decoding:
     @torch.no_grad()
     def encode_start(self, images: torch.Tensor) -> torch.Tensor:
         """Start keyframe latents [B, C, 1, h, w] of images [B, 3, H, W] in [-1, 1], each encoded on its own."""
-        return self.vae.encode(images.to(self.vae.device, self.vae.dtype)[:, :, None]).float()
+        return start_keyframe_latent(self.vae, images.to(self.vae.device, self.vae.dtype)).float()
 
     @torch.no_grad()
     def encode_end(self, images: torch.Tensor) -> torch.Tensor:

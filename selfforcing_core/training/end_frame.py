@@ -1,12 +1,12 @@
 """End-frame conditioning trained in: the end keyframe is a clean goal frame at the front of the KV cache.
 
-Design: the end image's latent (encoded as the node pack encodes end keyframes, `keyframes.end_keyframe_latent`) is written
-into the cache first, at latent frame 0, so every chunk attends to it as to an attention sink (a sink
-slot keeps it when the window rolls); the video follows from frame 1, after the start keyframe if one
-is given. The student learns to use it with Self Forcing on its own rollouts (DMD on the video, the
-goal not part of it) plus a goal term: the squared error between its last latent frame and the
-ground-truth clip's last latent frame. RoPE places the goal f + 1 frames behind frame f, so the
-remaining distance to the end is learned for the trained clip length.
+Design: the end image's latent (encoded as the node pack encodes end keyframes,
+`keyframes.end_keyframe_latent`) is written into the cache first, at latent frame 0, so every chunk
+attends to it as to an attention sink (a sink slot keeps it when the window rolls); the video follows
+from frame 1, after the start keyframe if one is given. The student learns to use it with Self Forcing
+on its own rollouts (DMD on the video, the goal not part of it) plus a goal term: the squared error
+between its last latent frame and the ground-truth clip's last latent frame. RoPE places the goal f + 1
+frames behind frame f, so the remaining distance to the end is learned for the trained clip length.
 The cache layout is the core's (`keyframe_prefix.KeyframePrefix`), so the product pipeline samples such a
 model exactly as `sample_to_goal` does; compared with the training-free guidance
 (`keyframe_conditioning.EndFrameGuidance`), which edits the sampler's x0 predictions, nothing changes at

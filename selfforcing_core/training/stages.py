@@ -23,7 +23,7 @@ from .data import (CaptionTokens, LatentBank, ScenePrefetcher, WorldClipBank, bu
                    world_clips)
 from .evaluation import HELD_OUT_SEED, evaluate_teacher, evaluate_vae, generate_videos
 from .model_sizes import PRESETS
-from .teacher_training import Teacher, build_teacher, export_teacher, fixed_draw_loss, flow_matching_loss
+from .teacher_training import Teacher, bank_flow_loss, build_teacher, export_teacher, fixed_draw_loss
 from .trainer import TrainOptions, Trainer, make_accelerator
 from .vae_training import (
     VAEAutoencoder,
@@ -277,13 +277,7 @@ def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
     # On the device once: a copy from the host every step would wait for the GPU.
     empty_ids, empty_mask = tokens.empty_ids.to(accelerator.device), tokens.empty_mask.to(accelerator.device)
 
-    def loss_fn(model, generator: torch.Generator, step: int) -> torch.Tensor:
-        index = torch.randint(len(bank), (stage.batch,), generator=generator, device=generator.device)
-        latents, ids, mask = bank.batch(index)
-        return flow_matching_loss(model, latents, ids, mask, empty_ids, empty_mask, generator,
-                                  stage.shift, stage.text_dropout)
-
-    trainer.run(loss_fn, "teacher")
+    trainer.run(bank_flow_loss(bank, stage.batch, empty_ids, empty_mask, stage.shift, stage.text_dropout), "teacher")
     if not accelerator.is_main_process:
         return {}
     ema = trainer.ema_model()

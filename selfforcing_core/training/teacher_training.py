@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from ..checkpoint import save_transformer
 from ..config import WanConfig
 from ..text_encoder import UMT5Config, UMT5Encoder
 from ..transformer import CausalWanModel
+from .data import LatentBank
 from .sampling import shifted_sigma
 
 
@@ -89,6 +91,21 @@ def flow_matching_loss(
     t = (sigma * 1000.0)[:, None].expand(batch, frames)
     prediction = teacher(noisy, t, ids, mask)
     return F.mse_loss(prediction.float(), (noise - latents).float())
+
+
+def bank_flow_loss(
+    bank: LatentBank, batch: int, empty_ids: torch.Tensor, empty_mask: torch.Tensor, shift: float,
+    text_dropout: float,
+) -> Callable[[nn.Module, torch.Generator, int], torch.Tensor]:
+    """The teacher's training loss as `Trainer.step` takes it: flow matching on `batch` clips drawn from `bank`
+    by the trainer's generator."""
+
+    def loss_fn(model: nn.Module, generator: torch.Generator, step: int) -> torch.Tensor:
+        index = torch.randint(len(bank), (batch,), generator=generator, device=generator.device)
+        latents, ids, mask = bank.batch(index)
+        return flow_matching_loss(model, latents, ids, mask, empty_ids, empty_mask, generator, shift, text_dropout)
+
+    return loss_fn
 
 
 @torch.no_grad()
