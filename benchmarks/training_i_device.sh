@@ -4,14 +4,16 @@
 # (benchmarks/self_forcing_device.sh with these three models).
 #   bash benchmarks/training_i_device.sh start WORK     # returns at once; the stages log to WORK/*.out
 #   bash benchmarks/training_i_device.sh collect WORK OUT   # progress, and the finished files copied to OUT
+#   bash benchmarks/training_i_device.sh stop WORK   # the running stage stops at its next step, then exports and
+#                                                    # evaluates as if its budget were spent (when time runs short)
 # A stage that fails with --compile is run again without it (it resumes from its saved state).
 # Defaults: VAE 12 min (batch 8, 4096-clip bank), teacher 10 min (batch 128), both compiled.
-# Go on from the committed VAE: VAE_ARGS="--init benchmarks/checkpoints/run7/world_vae.safetensors --lr 3e-4 ..."
-# fine-tunes it; VAE_FILE=benchmarks/checkpoints/run7/world_vae.safetensors trains only the teacher on it
-# (TEACHER_ARGS="--init benchmarks/checkpoints/run7 ..." continues the run-7 teacher: see training_results.md).
+# Go on from the committed VAE: VAE_ARGS="--init benchmarks/checkpoints/run8/world_vae.safetensors --lr 3e-4 ..."
+# fine-tunes it; VAE_FILE=benchmarks/checkpoints/run8/world_vae.safetensors trains only the teacher on it
+# (TEACHER_ARGS="--init benchmarks/checkpoints/run8 ..." continues the run-8 teacher: see training_results.md).
 set -u
-MODE=${1:?usage: training_i_device.sh start|collect WORK [OUT]}
-WORK=${2:?usage: training_i_device.sh start|collect WORK [OUT]}
+MODE=${1:?usage: training_i_device.sh start|collect|stop WORK [OUT]}
+WORK=${2:?usage: training_i_device.sh start|collect|stop WORK [OUT]}
 TRAIN="python3 -m selfforcing_core train"
 
 stages() {
@@ -69,6 +71,10 @@ case "$MODE" in
     done
     tar -czf "$OUT/logs.tgz" -C "$WORK" --exclude='*.safetensors' --exclude='*.npz' --exclude='*_state*' . 2>/dev/null
     ls -la "$OUT"
+    ;;
+  stop)  # the teacher's folder exists once its stage has begun; before that the VAE is the stage running
+    stage=vae; [ -d "$WORK/teacher" ] && stage=teacher
+    touch "$WORK/$stage/STOP" && echo "asked the $stage stage to stop"
     ;;
   *) echo "unknown mode $MODE"; exit 2 ;;
 esac

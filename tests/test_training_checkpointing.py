@@ -8,7 +8,7 @@ from selfforcing_core.training.data import CaptionTokens, LatentBank
 from selfforcing_core.training.ema import EMA
 from selfforcing_core.training.model_sizes import TOY
 from selfforcing_core.training.teacher_training import flow_matching_loss
-from selfforcing_core.training.trainer import TrainOptions, Trainer, make_accelerator
+from selfforcing_core.training.trainer import STOP_FILE, TrainOptions, Trainer, make_accelerator
 from training_helpers import toy_teacher
 
 CAPTIONS = ["a red circle moves right on a gray background", "a green square grows on a beige background",
@@ -59,6 +59,22 @@ def test_resumed_run_matches_the_uninterrupted_run(tmp_path):
 def test_resume_without_a_checkpoint_starts_fresh(tmp_path):
     trainer, _ = _trainer(str(tmp_path / "none"), steps=1)
     assert not trainer.resume() and trainer.state.step == 0
+
+
+def test_a_stop_file_written_during_a_run_ends_it_saved_and_is_consumed(tmp_path):
+    trainer, loss_fn = _trainer(str(tmp_path / "state"), steps=1000)
+
+    def stop_at_third_step(model, generator, step):
+        if step == 2:
+            (tmp_path / STOP_FILE).touch()
+        return loss_fn(model, generator, step)
+
+    trainer.run(stop_at_third_step, "toy")
+
+    assert trainer.state.step == 3
+    assert not (tmp_path / STOP_FILE).exists()
+    resumed, _ = _trainer(str(tmp_path / "state"), steps=1000)
+    assert resumed.resume() and resumed.state.step == 3
 
 
 def test_budget_needs_exactly_one_of_steps_and_minutes():

@@ -3,13 +3,17 @@
 The same code runs on CPU, one GPU or several (launched with `accelerate launch`); every random
 draw of a step comes from the trainer's own generator, saved with the checkpoint, so a resumed run
 repeats an uninterrupted one exactly. The learning rate warms up, then follows a cosine from 1 to
-0.1 over the budget (steps, or wall-clock minutes when training is time-boxed).
+0.1 over the budget (steps, or wall-clock minutes when training is time-boxed). A file named STOP in the
+folder of the training state ends a run at its next step as if the budget were spent (it saves, and the stage
+goes on to export and evaluate), and is removed: a time-boxed run on a lent machine can be cut short, even
+while its stage still prepares data.
 """
 from __future__ import annotations
 
 import copy
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from .ema import EMA
 
 log = logging.getLogger(__name__)
 _FINAL_LR_FRACTION = 0.1
+STOP_FILE = "STOP"
 
 
 @dataclass(frozen=True)
@@ -145,17 +150,27 @@ class Trainer:
         """Mean loss over the last `log_every` steps (NaN before the first step)."""
         return float(torch.stack(self.losses).float().mean()) if self.losses else float("nan")
 
+    @property
+    def stop_path(self) -> str | None:
+        """Where a STOP file ends this run early (beside the training state), or None without a state path."""
+        return None if self.state_path is None else os.path.join(os.path.dirname(self.state_path), STOP_FILE)
+
+    def _stop_requested(self) -> bool:
+        return self.stop_path is not None and self.accelerator.is_main_process and os.path.exists(self.stop_path)
+
     def _out_of_budget(self) -> bool:
         if self.options.steps is not None:
-            return self.state.step >= self.options.steps
-        over = self.state.elapsed_seconds >= 60.0 * self.options.minutes
+            over = self.state.step >= self.options.steps
+        else:
+            over = self.state.elapsed_seconds >= 60.0 * self.options.minutes
+        over = over or self._stop_requested()
         if self.accelerator.num_processes == 1:
             return over
         agreed = self.accelerator.reduce(torch.tensor(float(over), device=self.accelerator.device), "max")
         return bool(agreed > 0)
 
     def run(self, loss_fn: Callable[[nn.Module, torch.Generator, int], torch.Tensor], desc: str) -> None:
-        """Step until the budget is spent, logging and checkpointing on the way, then save."""
+        """Step until the budget is spent or a STOP file appears, logging and checkpointing on the way, then save."""
         total = self.options.steps
         bar = tqdm(total=total, initial=self.state.step, desc=desc, file=sys.stderr, mininterval=5.0,
                    disable=not self.accelerator.is_main_process)
@@ -172,4 +187,7 @@ class Trainer:
             if self.state.step % self.options.checkpoint_every == 0:
                 self.save()
         bar.close()
+        if self._stop_requested():
+            log.warning("%s: stopped at step %d by %s", desc, self.state.step, self.stop_path)
+            os.remove(self.stop_path)
         self.save()
