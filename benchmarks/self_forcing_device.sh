@@ -4,6 +4,7 @@
 # and the evaluations (each in the background while the next stage trains; their json is rewritten
 # after every run, so a stopped evaluation keeps what it finished).
 # Usage: bash benchmarks/self_forcing_device.sh OUT
+# `touch $WORK/STOP` ends the training stage running now at its next step, as if its budget were spent.
 # Writes to OUT: world_causal.safetensors (the student to ship, in models/ together with the VAE and text encoder
 # of MODELS), results.json, log.txt, samples_*.npz.
 # Measured on an H100 (2026-11-25, world sizes, batch 64, float32 + TF32): causal init 5.3 steps/s,

@@ -12,6 +12,7 @@ from selfforcing_core.training.baselines import DiffusionForcingContext, Teacher
 from selfforcing_core.training.distillation import Distillation, DistillOptions
 from selfforcing_core.training.dmd import DMDOptions, critic_loss, dmd_loss
 from selfforcing_core.training.self_forcing import GeneratorNoise, rollout
+from selfforcing_core.training.trainer import STOP_FILE
 
 from distill_helpers import FRAMES, LATENT, SETTINGS, TinyText, bank, student, trainer
 from tensor_memory import PeakTensorMemory
@@ -210,3 +211,18 @@ def test_resumed_distillation_repeats_the_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     for a, b in zip(straight.critic.unwrapped.parameters(), resumed.critic.unwrapped.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_stop_file_ends_distillation_after_the_critic_steps_of_the_generator_step(tmp_path):
+    distill = _distillation(tmp_path, steps=5)
+    step = distill.generator.step
+
+    def stop_during_the_second_generator_step(loss_fn):
+        if distill.generator.state.step == 1:
+            (tmp_path / STOP_FILE).touch()
+        return step(loss_fn)
+
+    distill.generator.step = stop_during_the_second_generator_step
+    distill.run(checkpoint_every=1000, log_every=1000)
+    assert distill.generator.state.step == 2 and distill.critic.state.step == 4
+    assert not (tmp_path / STOP_FILE).exists()

@@ -120,10 +120,10 @@ class Distillation:
         return critic_loss(model, video, batch.context, rng, self.options.dmd)
 
     def run(self, checkpoint_every: int = 100, log_every: int = 10) -> None:
-        """Alternate critic and generator updates until the generator's budget is spent (finishing the
-        critic updates of its last step), then save both."""
+        """Alternate critic and generator updates until the generator's budget is spent or a STOP file asks to
+        end (finishing the critic updates of its last step), then save both."""
         started = time.monotonic() - self.generator.state.elapsed_seconds
-        while self.generator.progress() < 1.0 or self.critic.state.step % self.options.critic_steps:
+        while not self.generator.budget_spent() or self.critic.state.step % self.options.critic_steps:
             if self.critic.state.step % self.options.critic_steps == 0:
                 self.stats["generator_loss"] = self.generator.step(self.generator_loss)
             self.stats["critic_loss"] = self.critic.step(self.critic_loss)
@@ -136,6 +136,7 @@ class Distillation:
                          elapsed)
             if iteration % checkpoint_every == 0:
                 self.save()
+        self.generator.acknowledge_stop(self.options.method)
         self.save()
 
     def summary(self) -> dict[str, float]:

@@ -158,7 +158,8 @@ class Trainer:
     def _stop_requested(self) -> bool:
         return self.stop_path is not None and self.accelerator.is_main_process and os.path.exists(self.stop_path)
 
-    def _out_of_budget(self) -> bool:
+    def budget_spent(self) -> bool:
+        """True once the step or time budget is spent or a STOP file asks to end (agreed by every process)."""
         if self.options.steps is not None:
             over = self.state.step >= self.options.steps
         else:
@@ -175,7 +176,7 @@ class Trainer:
         bar = tqdm(total=total, initial=self.state.step, desc=desc, file=sys.stderr, mininterval=5.0,
                    disable=not self.accelerator.is_main_process)
         started = time.monotonic() - self.state.elapsed_seconds
-        while not self._out_of_budget():
+        while not self.budget_spent():
             self.step(loss_fn)
             self.state.elapsed_seconds = time.monotonic() - started
             bar.update(1)
@@ -187,7 +188,11 @@ class Trainer:
             if self.state.step % self.options.checkpoint_every == 0:
                 self.save()
         bar.close()
+        self.acknowledge_stop(desc)
+        self.save()
+
+    def acknowledge_stop(self, desc: str) -> None:
+        """Remove the STOP file that ended the run, if one did, so that the stages after it run."""
         if self._stop_requested():
             log.warning("%s: stopped at step %d by %s", desc, self.state.step, self.stop_path)
             os.remove(self.stop_path)
-        self.save()
