@@ -23,6 +23,7 @@ stages() {
   attempt() {  # log name, then the train arguments; a failed --compile run is tried again without it
     local name=$1; shift
     stamp "$name"
+    mkdir -p "$WORK/$name" && echo "$name" >"$WORK/stage"  # where `stop` writes its file
     $TRAIN "$@" >"$WORK/$name.out" 2>&1 && return 0
     case " $* " in *" --compile "*) ;; *) return 1 ;; esac
     stamp "$name failed with --compile, again without"; tail -n 20 "$WORK/$name.out"
@@ -52,7 +53,8 @@ stages() {
 
 case "$MODE" in
   start)
-    mkdir -p "$WORK"
+    first=vae; [ -n "${VAE_FILE:-}" ] && first=teacher
+    mkdir -p "$WORK/$first" && echo "$first" >"$WORK/stage"  # so that `stop` works from the first second
     export -f stages
     export WORK TRAIN VAE_ARGS VAE_FILE TEACHER_ARGS SELF_FORCING
     setsid bash -c stages >"$WORK/stages.out" 2>&1 < /dev/null &
@@ -72,8 +74,8 @@ case "$MODE" in
     tar -czf "$OUT/logs.tgz" -C "$WORK" --exclude='*.safetensors' --exclude='*.npz' --exclude='*_state*' . 2>/dev/null
     ls -la "$OUT"
     ;;
-  stop)  # the teacher's folder exists once its stage has begun; before that the VAE is the stage running
-    stage=vae; [ -d "$WORK/teacher" ] && stage=teacher
+  stop)  # the stage that runs now, as its attempt wrote it down
+    stage=$(cat "$WORK/stage" 2>/dev/null) || { echo "no stage has begun in $WORK yet"; exit 1; }
     touch "$WORK/$stage/STOP" && echo "asked the $stage stage to stop"
     ;;
   *) echo "unknown mode $MODE"; exit 2 ;;

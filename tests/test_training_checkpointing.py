@@ -77,6 +77,47 @@ def test_a_stop_file_written_during_a_run_ends_it_saved_and_is_consumed(tmp_path
     assert resumed.resume() and resumed.state.step == 3
 
 
+class _TwoProcessAccelerator:
+    """Stands in for the main one of two accelerate processes, counting the reduces that sync them."""
+
+    num_processes, process_index, is_main_process, device = 2, 0, True, torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.reduces = 0
+
+    def prepare(self, *objects):
+        return objects
+
+    def unwrap_model(self, model):
+        return model
+
+    def reduce(self, tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+        self.reduces += 1
+        return tensor
+
+
+def test_several_processes_agree_on_time_and_stop_only_every_log_every_steps(tmp_path):
+    accelerator = _TwoProcessAccelerator()
+    options = TrainOptions(minutes=60.0, log_every=10, checkpoint_every=1000)
+    trainer = Trainer(toy_teacher(), options, accelerator, str(tmp_path / "state"))
+    (tmp_path / STOP_FILE).touch()
+
+    spent = []
+    for step in range(25):
+        trainer.state.step = step
+        spent.append(trainer.budget_spent())
+
+    assert accelerator.reduces == 3
+    assert [step for step, over in enumerate(spent) if over] == [0, 10, 20]
+
+
+def test_a_step_budget_ends_every_process_without_a_reduce(tmp_path):
+    accelerator = _TwoProcessAccelerator()
+    trainer = Trainer(toy_teacher(), TrainOptions(steps=7, log_every=5), accelerator, str(tmp_path / "state"))
+    trainer.state.step = 7
+    assert trainer.budget_spent() and accelerator.reduces == 0
+
+
 def test_budget_needs_exactly_one_of_steps_and_minutes():
     with pytest.raises(ValueError):
         TrainOptions()

@@ -159,13 +159,19 @@ class Trainer:
         return self.stop_path is not None and self.accelerator.is_main_process and os.path.exists(self.stop_path)
 
     def budget_spent(self) -> bool:
-        """True once the step or time budget is spent or a STOP file asks to end (agreed by every process)."""
-        if self.options.steps is not None:
-            over = self.state.step >= self.options.steps
-        else:
-            over = self.state.elapsed_seconds >= 60.0 * self.options.minutes
-        over = over or self._stop_requested()
-        if self.accelerator.num_processes == 1:
+        """True once the step or time budget is spent or a STOP file asks to end.
+
+        Several processes agree on the clock and the STOP file only every `log_every` steps: each agreement is a
+        reduce that waits for the GPU, which would otherwise stall the host once per step.
+        """
+        if self.options.steps is not None and self.state.step >= self.options.steps:
+            return True
+        several = self.accelerator.num_processes > 1
+        if several and self.state.step % self.options.log_every:
+            return False
+        over = self._stop_requested() or (
+            self.options.minutes is not None and self.state.elapsed_seconds >= 60.0 * self.options.minutes)
+        if not several:
             return over
         agreed = self.accelerator.reduce(torch.tensor(float(over), device=self.accelerator.device), "max")
         return bool(agreed > 0)
