@@ -5,6 +5,10 @@
 # after every run, so a stopped evaluation keeps what it finished).
 # Usage: bash benchmarks/self_forcing_device.sh OUT
 # `touch $WORK/STOP` ends the training stage running now at its next step, as if its budget were spent.
+# Longer than one device call (the machine stays warm between calls), detached and scaled by the environment:
+#   STEPS=200 INIT_MINUTES=3 STAGE_SECONDS=480 LAST_START=1260 DEADLINE=1380 \
+#     setsid bash benchmarks/self_forcing_device.sh /tmp/sf_out >/tmp/sf.log 2>&1 </dev/null &
+# then poll /tmp/sf.log and copy /tmp/sf_out to $OUT at the end (at most 8 files come back: it writes 8).
 # Writes to OUT: world_causal.safetensors (the student to ship, in models/ together with the VAE and text encoder
 # of MODELS), results.json, log.txt, samples_*.npz.
 # Measured on an H100 (2026-11-25, world sizes, batch 64, float32 + TF32): causal init 5.3 steps/s,
@@ -53,13 +57,15 @@ trained() {  # like run, for a training stage: an error under bf16 (not a timeou
 }
 distill() {  # log name, then the stage and its options
   local name=$1; shift
-  trained "$name" 150 "$@" $FROZEN --out "$WORK" --bank "$WORK/clip_bank.safetensors" --batch "$BATCH"
+  trained "$name" "${STAGE_SECONDS:-150}" "$@" $FROZEN --out "$WORK" --bank "$WORK/clip_bank.safetensors" --batch "$BATCH"
 }
 
 run ode 80 ode --out "$WORK" $FROZEN --vae $MODELS/world_vae.safetensors --bank-clips 4096 \
   --bank-minutes 0.3 --pairs 6144 --pairs-minutes 0.3 --batch "${PAIR_BATCH:-256}"
-trained causal_init 85 causal-init --out "$WORK" $FROZEN --pairs "$WORK/ode_pairs.safetensors" \
-  --minutes "${INIT_MINUTES:-1.0}" --batch "$BATCH"
+INIT_MINUTES=${INIT_MINUTES:-1.0}
+init_limit=$(awk "BEGIN { print int($INIT_MINUTES * 60 + 25) }")  # its budget plus start-up and export
+trained causal_init "$init_limit" causal-init --out "$WORK" $FROZEN --pairs "$WORK/ode_pairs.safetensors" \
+  --minutes "$INIT_MINUTES" --batch "$BATCH"
 evaluate init --model "$WORK/causal_init.safetensors" --keyframes start
 evaluate teacher --teacher $MODELS/world_teacher.safetensors --truth
 distill self_forcing self-forcing --init "$WORK/causal_init.safetensors" --steps "$STEPS" --export "$OUT/world_causal.safetensors"
