@@ -27,7 +27,7 @@ MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 DEFAULT_MODEL = os.path.join(MODELS_DIR, "world_causal.safetensors")
 DEFAULT_VAE = os.path.join(MODELS_DIR, "world_vae.safetensors")
 DEFAULT_TEXT_ENCODER = os.path.join(MODELS_DIR, "world_text_encoder.safetensors")
-DEFAULT_PROMPT = "a red circle moves right across a blue background"
+DEFAULT_PROMPT = "a large red circle moves right on a navy background"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -73,6 +73,6 @@ def bundled_model_video(length: float = 17, prefix: str = "e2e/bundled") -> dict
     prompt = _base(128, 128, length, 0, prefix)
     prompt["1"]["inputs"]["model_name"] = "world_causal.safetensors"
     prompt["2"]["inputs"]["text_encoder_name"] = "world_text_encoder.safetensors"
-    prompt["3"]["inputs"]["text"] = "a red circle moves right across a blue background"
+    prompt["3"]["inputs"]["text"] = "a large red circle moves right on a navy background"
     prompt["4"] = {"class_type": "SelfForcingVAELoader", "inputs": {"vae_name": "world_vae.safetensors", "dtype": "float32"}}
     return prompt
