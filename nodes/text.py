@@ -30,7 +30,9 @@ class SelfForcingTextEncode(io.ComfyNode):
             description="Encodes a prompt with the Self-Forcing (umT5) text encoder into CONDITIONING.",
             inputs=[
                 types.TextEncoder.Input("text_encoder"),
-                io.String.Input("text", multiline=True, default="", tooltip="The prompt."),
+                io.String.Input("text", multiline=True, default="",
+                                tooltip="The prompt. The bundled world model knows only its world's words, e.g. "
+                                        "'a large red circle moves right on a navy background' (README lists them)."),
             ],
             outputs=[io.Conditioning.Output(display_name="conditioning")],
         )
