@@ -6,7 +6,7 @@
 # Usage: bash benchmarks/self_forcing_device.sh OUT
 # `touch $WORK/STOP` ends the training stage running now at its next step, as if its budget were spent.
 # Longer than one device call (the machine stays warm between calls), detached and scaled by the environment:
-#   STEPS=200 INIT_MINUTES=3 STAGE_SECONDS=480 LAST_START=1260 DEADLINE=1380 \
+#   STEPS=150 INIT_MINUTES=3 STAGE_SECONDS=480 LAST_START=1260 DEADLINE=1380 \
 #     setsid bash benchmarks/self_forcing_device.sh /tmp/sf_out >/tmp/sf.log 2>&1 </dev/null &
 # then poll /tmp/sf.log and copy /tmp/sf_out to $OUT at the end (at most 8 files come back: it writes 8).
 # Writes to OUT: world_causal.safetensors (the student to ship, in models/ together with the VAE and text encoder
