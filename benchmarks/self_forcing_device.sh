@@ -8,7 +8,9 @@
 # Longer than one device call (the machine stays warm between calls), detached and scaled by the environment:
 #   STEPS=150 INIT_MINUTES=3 STAGE_SECONDS=480 LAST_START=1260 DEADLINE=1380 \
 #     setsid bash benchmarks/self_forcing_device.sh /tmp/sf_out >/tmp/sf.log 2>&1 </dev/null &
-# then poll /tmp/sf.log and copy /tmp/sf_out to $OUT at the end (at most 8 files come back: it writes 8).
+# then poll /tmp/sf.log with calls back to back, each ending with
+#   python3 benchmarks/collect_self_forcing.py /tmp/self_forcing $OUT --student /tmp/sf_out/world_causal.safetensors
+# so that what has finished comes back with every call (a machine taken back between two calls keeps nothing).
 # Writes to OUT: world_causal.safetensors (the student to ship, in models/ together with the VAE and text encoder
 # of MODELS), results.json, log.txt, samples_*.npz.
 # Measured on an H100 (2026-11-25, world sizes, batch 64, float32 + TF32): causal init 5.3 steps/s,
@@ -84,21 +86,5 @@ for pid in "${background[@]}"; do
   kill "$pid" 2>/dev/null
 done
 stamp collect
-python3 - "$WORK" "$OUT" <<'EOF'
-import glob, json, os, shutil, sys
-work, out = sys.argv[1:]
-results = {"metrics": {}, "evals": {}}
-for path in sorted(glob.glob(os.path.join(work, "*_metrics.json"))):
-    results["metrics"][os.path.basename(path)[:-len("_metrics.json")]] = json.load(open(path))
-for path in sorted(glob.glob(os.path.join(work, "eval_*.json"))):
-    results["evals"][os.path.basename(path)[5:-5]] = json.load(open(path))["runs"]
-json.dump(results, open(os.path.join(out, "results.json"), "w"), indent=1, sort_keys=True)
-with open(os.path.join(out, "log.txt"), "w") as log:
-    for path in sorted(glob.glob(os.path.join(work, "*.out"))):
-        log.write(f"==== {os.path.basename(path)}\n" + open(path).read()[-20000:])
-for label in ("sf", "tf", "df", "goal", "teacher"):
-    path = os.path.join(work, f"samples_{label}.npz")
-    if os.path.exists(path):
-        shutil.copy(path, out)
-EOF
+python3 benchmarks/collect_self_forcing.py "$WORK" "$OUT" >/dev/null
 stamp done
