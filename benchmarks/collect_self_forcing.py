@@ -45,7 +45,7 @@ def collect(work: str, out: str, student: str | None = None) -> list[str]:
         for path in sorted(glob.glob(os.path.join(work, "*.out"))):
             with open(path, errors="replace") as f:
                 log.write(f"==== {os.path.basename(path)}\n" + f.read()[-LOG_TAIL_CHARS:])
-    copies = [os.path.join(work, f"samples_{label}.npz") for label in SAMPLE_LABELS] + [student or ""]
+    copies = [os.path.join(work, f"samples_{label}.npz") for label in SAMPLE_LABELS] + ([student] if student else [])
     for path in copies:
         target = os.path.join(out, os.path.basename(path))
         if os.path.isfile(path) and os.path.abspath(path) != os.path.abspath(target):
