@@ -4,6 +4,8 @@
 # (benchmarks/self_forcing_device.sh with these three models).
 #   bash benchmarks/training_i_device.sh start WORK     # returns at once; the stages log to WORK/*.out
 #   bash benchmarks/training_i_device.sh collect WORK OUT   # progress, and the finished files copied to OUT
+#                                                    # (a teacher still training: its latest EMA weights, so
+#                                                    # that a machine taken back between polls keeps them)
 #   bash benchmarks/training_i_device.sh stop WORK   # the running stage stops at its next step, then exports and
 #                                                    # evaluates as if its budget were spent (when time runs short)
 # A stage that fails with --compile is run again without it (it resumes from its saved state).
@@ -71,6 +73,9 @@ case "$MODE" in
                 sf_out/world_causal.safetensors; do
       [ -f "$WORK/$file" ] && cp "$WORK/$file" "$OUT/"
     done
+    if [ ! -f "$WORK/teacher/world_teacher.safetensors" ] && [ -f "$WORK/teacher/teacher_state.json" ]; then
+      $TRAIN snapshot --out "$WORK/teacher" --to "$OUT" ${SNAPSHOT_ARGS:-}  # SNAPSHOT_ARGS: the run's --size etc.
+    fi
     tar -czf "$OUT/logs.tgz" -C "$WORK" --exclude='*.safetensors' --exclude='*.npz' --exclude='*_state*' . 2>/dev/null
     ls -la "$OUT"
     ;;

@@ -5,6 +5,7 @@ Training modules (and `accelerate`) are imported only when a train command runs.
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Sequence
 
 from .training.distill_cli import STAGES as DISTILLATION_STAGES
@@ -67,6 +68,16 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     teacher.add_argument("--init", help="start from the DiT and text encoder exported in this folder (a previous run's "
                                         "--out), to continue training in a new run")
 
+    snapshot = stages.add_parser("snapshot", help="export the EMA weights of a teacher run's latest saved state, "
+                                                  "also while it trains")
+    snapshot.add_argument("--out", required=True, help="the teacher run's --out (it holds teacher_state.*)")
+    snapshot.add_argument("--to", required=True,
+                          help="folder for world_teacher / world_text_encoder.safetensors (what --init takes)")
+    snapshot.add_argument("--size", choices=("world", "toy"), default="world", help="the run's --size")
+    snapshot.add_argument("--resolution", type=int, default=128, help="the run's --resolution")
+    snapshot.add_argument("--frames", type=int, default=33, help="the run's --frames")
+    snapshot.add_argument("--shift", type=float, default=3.0, help="the run's --shift")
+
     sample = stages.add_parser("sample", help="videos from the exported teacher (held-out or given captions)")
     sample.add_argument("--out", required=True, help="folder for the mp4 files")
     sample.add_argument("--vae", required=True)
@@ -127,6 +138,12 @@ def run_train(args: argparse.Namespace) -> int:
             shift=args.shift, text_dropout=args.text_dropout, init=args.init, train=_train_options(args, 5.0),
             eval_clips=args.eval_clips, eval_steps=args.eval_steps, loss_clips=args.loss_clips, guidance=args.guidance,
             compile=args.compile, precision=args.precision, cpu=args.cpu))
+    elif args.stage == "snapshot":
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        try:
+            stages.snapshot_teacher(args.out, args.to, args.size, args.resolution, args.frames, args.shift)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(f"train snapshot: {error}") from None
     else:
         stages.setup_logging(args.out, "sample")
         stages.run_sample_stage(stages.SampleStage(

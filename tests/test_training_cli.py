@@ -8,18 +8,22 @@ import sys
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from selfforcing_core.checkpoint import load_transformer
 from selfforcing_core.cli import main
 from selfforcing_core.training.model_sizes import PRESETS
 from selfforcing_core.training.stages import DIT_FILE, TEXT_FILE, VAE_FILE, load_teacher_weights
 from selfforcing_core.training.teacher_training import build_teacher
+from selfforcing_core.training.trainer import TrainOptions, Trainer, make_accelerator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["train", "vae", "--help"],
-                                  ["train", "teacher", "--help"], ["train", "sample", "--help"]])
+                                  ["train", "teacher", "--help"], ["train", "sample", "--help"],
+                                  ["train", "snapshot", "--help"]])
 def test_help(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -42,6 +46,8 @@ def test_toy_pipeline_end_to_end(tmp_path):
     assert metrics["steps"] == 2 and metrics["sample_steps"] == 3 and metrics["clips"] == 2
     assert 0.0 <= metrics["colour_accuracy"] <= 1.0
     assert os.path.isfile(os.path.join(teacher_dir, "teacher_state.safetensors"))
+    assert not any(name.endswith(".tmp") for name in os.listdir(teacher_dir))
+    _check_snapshot(teacher_dir, str(tmp_path / "snapshot"))
     continued = build_teacher(PRESETS["toy"].dit, PRESETS["toy"].text, seed=5)
     load_teacher_weights(continued, teacher_dir)
     exported = load_transformer(os.path.join(teacher_dir, DIT_FILE), dtype=torch.float32).model.state_dict()
@@ -53,6 +59,32 @@ def test_toy_pipeline_end_to_end(tmp_path):
                  "--prompt", "a red circle moves right on a gray background", "--resolution", "32", "--frames", "5",
                  "--steps", "2"]) == 0
     assert sorted(os.listdir(sample_dir)) == ["sample.log", "sample_00.mp4"]
+
+
+def _check_snapshot(teacher_dir: str, snapshot_dir: str) -> None:
+    """`train snapshot` of the finished toy run gives back exactly the files the run exported (both are the EMA
+    weights of its last step), and says which step they are."""
+    assert main(["train", "snapshot", "--out", teacher_dir, "--to", snapshot_dir, "--size", "toy",
+                 "--resolution", "32", "--frames", "5"]) == 0
+    for name in (DIT_FILE, TEXT_FILE):
+        exported, snapped = (load_file(os.path.join(folder, name)) for folder in (teacher_dir, snapshot_dir))
+        assert exported.keys() == snapped.keys()
+        assert all(torch.equal(exported[key], snapped[key]) for key in exported)
+    with safe_open(os.path.join(snapshot_dir, DIT_FILE), "pt") as dit:
+        metadata = dit.metadata()
+    assert metadata["kind"] == "bidirectional teacher (EMA at step 2)"
+    assert metadata["resolution"] == "32x32" and metadata["num_frames"] == "5"
+
+
+def test_snapshot_errors_say_what_is_wrong(tmp_path):
+    with pytest.raises(SystemExit, match="no training state"):
+        main(["train", "snapshot", "--out", str(tmp_path), "--to", str(tmp_path / "to")])
+    teacher = build_teacher(PRESETS["toy"].dit, PRESETS["toy"].text, seed=0)
+    Trainer(teacher, TrainOptions(steps=1), make_accelerator("no", cpu=True),
+            str(tmp_path / "teacher_state")).save()
+    with pytest.raises(SystemExit, match="does not hold a 'world' teacher"):
+        main(["train", "snapshot", "--out", str(tmp_path), "--to", str(tmp_path / "to")])
+    assert not os.path.exists(tmp_path / "to")
 
 
 def test_training_commands_run_without_the_video_writer():

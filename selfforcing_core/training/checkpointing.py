@@ -47,7 +47,8 @@ def save_training_state(
     generator: torch.Generator,
     state: TrainingState,
 ) -> None:
-    """Write `<path>.safetensors` and `<path>.json` (json last, so a complete pair means a complete save)."""
+    """Write `<path>.safetensors` and `<path>.json` (json last, so a complete pair means a complete save). Each
+    file replaces the last one whole, so `read_ema_weights` may read the tensors while training goes on."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -56,7 +57,9 @@ def save_training_state(
     tensors.update(optim_tensors)
     tensors["rng.generator"] = generator.get_state()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path + ".safetensors")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, path + ".safetensors.tmp",
+              metadata={"step": str(state.step)})
+    os.replace(path + ".safetensors.tmp", path + ".safetensors")
     meta = {"step": state.step, "elapsed_seconds": state.elapsed_seconds, "ema_updates": ema.updates,
             "optimizer": optim_rest, "info": state.info}
     with open(path + ".json.tmp", "w") as handle:
@@ -66,6 +69,22 @@ def save_training_state(
 
 def has_training_state(path: str) -> bool:
     return os.path.isfile(path + ".json") and os.path.isfile(path + ".safetensors")
+
+
+def read_ema_weights(path: str) -> tuple[dict[str, torch.Tensor], int]:
+    """The EMA weights of the state saved at `path` and the step they belong to, read without the model's and
+    optimizer's tensors: the latest averages of a run that may still be training."""
+    from safetensors import safe_open
+
+    if not has_training_state(path):
+        raise FileNotFoundError(f"no training state at {path} (.safetensors and .json): has the run saved yet?")
+    with safe_open(path + ".safetensors", "pt") as tensors:
+        weights = {key[4:]: tensors.get_tensor(key) for key in tensors.keys() if key.startswith("ema.")}
+        step = (tensors.metadata() or {}).get("step")
+    if step is None:  # saved before the step went into the tensors' file
+        with open(path + ".json") as handle:
+            step = json.load(handle)["step"]
+    return weights, int(step)
 
 
 def load_training_state(
