@@ -28,7 +28,7 @@ from .distillation import Distillation, DistillOptions
 from .evaluation import generate_videos
 from .latent_bank import ClipBank, build_clip_bank
 from .ode_pairs import ODEPairs, make_ode_pairs
-from .stages import setup_logging, write_json
+from .stages import setup_logging, world_metadata, write_json
 from .trainer import TrainOptions, Trainer, make_accelerator
 from .world_scene import WorldConfig
 
@@ -74,8 +74,7 @@ class World:
         return WorldConfig(height=self.height, width=self.width, num_frames=1 + (self.num_frames - 1) * length)
 
     def metadata(self, kind: str) -> dict[str, str]:
-        return {"resolution": f"{self.width}x{self.height}", "num_frames": str(self.num_frames),
-                "timestep_shift": str(self.shift), "kind": kind}
+        return world_metadata(self.width, self.height, self.num_frames, self.shift, kind)
 
 
 def load_dit(path: str, device: torch.device, trainable: bool = False) -> LoadedTransformer:

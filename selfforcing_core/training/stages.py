@@ -253,10 +253,10 @@ def held_out_losses(teacher: Teacher, bank: LatentBank, vae: WanVAE, tokens: Cap
     return losses
 
 
-def teacher_metadata(resolution: int, frames: int, shift: float, kind: str) -> dict[str, str]:
-    """What an exported teacher file says about the clips it learnt (the sampler and the evaluator read it)."""
-    return {"resolution": f"{resolution}x{resolution}", "timestep_shift": str(shift), "num_frames": str(frames),
-            "kind": kind}
+def world_metadata(width: int, height: int, frames: int, shift: float, kind: str) -> dict[str, str]:
+    """What an exported world DiT (teacher or student) says about the clips it learnt; Training II and the
+    evaluator read it back (`distill_stages.World.of`)."""
+    return {"resolution": f"{width}x{height}", "num_frames": str(frames), "timestep_shift": str(shift), "kind": kind}
 
 
 def snapshot_teacher(run: str, to: str, size: str = "world", resolution: int = 128, frames: int = 33,
@@ -275,7 +275,8 @@ def snapshot_teacher(run: str, to: str, size: str = "world", resolution: int = 1
             param.copy_(weights[name])
     os.makedirs(to, exist_ok=True)
     export_teacher(teacher, os.path.join(to, DIT_FILE), os.path.join(to, TEXT_FILE),
-                   teacher_metadata(resolution, frames, shift, f"bidirectional teacher (EMA at step {step})"))
+                   world_metadata(resolution, resolution, frames, shift,
+                                  f"bidirectional teacher (EMA at step {step})"))
     log.info("teacher snapshot: EMA weights of step %d from %s written to %s", step, run, to)
     return step
 
@@ -311,7 +312,8 @@ def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
         return {}
     ema = trainer.ema_model()
     export_teacher(ema, os.path.join(stage.out, DIT_FILE), os.path.join(stage.out, TEXT_FILE),
-                   teacher_metadata(stage.resolution, stage.frames, stage.shift, "bidirectional teacher"))
+                   world_metadata(stage.resolution, stage.resolution, stage.frames, stage.shift,
+                                  "bidirectional teacher"))
     metrics = {"steps": trainer.state.step, "train_seconds": trainer.state.elapsed_seconds, "bank_clips": len(bank),
                "final_loss": trainer.recent_loss()}
     if stage.loss_clips:
