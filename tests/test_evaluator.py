@@ -78,6 +78,9 @@ def test_a_wrong_colour_is_caught(truth):
     wrong, right = result.objects
     assert not wrong.colour_ok and wrong.detected.colour == colour
     assert wrong.shape_ok and wrong.motion_ok
+    summary = summarize([result], SMALL.fps)
+    assert summary["matched_objects"] == 1.0 and summary["colour_accuracy_matched"] == 0.5
+    assert summary["colour_accuracy/objects_2"] == 0.5 and "colour_accuracy/objects_1" not in summary
     assert right.colour_ok and right.shape_ok and right.motion_ok
 
 
@@ -158,6 +161,7 @@ def test_an_empty_video_scores_zero_without_failing(truth):
     assert summary["detection_rate"] == 0.0 and summary["extra_objects"] == 0.0
     assert summary["colour_accuracy"] == summary["shape_accuracy"] == summary["motion_accuracy"] == 0.0
     assert np.isnan(summary["max_jump"])
+    assert summary["matched_objects"] == 0.0 and np.isnan(summary["colour_accuracy_matched"])
 
 
 def test_psnr_and_ssim_known_values():

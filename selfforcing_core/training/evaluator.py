@@ -211,7 +211,12 @@ def match_objects(
 
 def summarize(results: Sequence[ClipResult], fps: int) -> dict[str, float]:
     """Averages over clips and objects. Per-motion accuracies appear as `motion_accuracy/<motion>`,
-    the detection rate of second k (frames [k*fps, (k+1)*fps)) as `detection_rate_s<k>`."""
+    the detection rate of second k (frames [k*fps, (k+1)*fps)) as `detection_rate_s<k>`.
+
+    Two breakdowns tell a missing object from a wrong one: `matched_objects` (requested objects
+    that were found at all) with `colour_accuracy_matched` (right colour among those), and
+    `colour_accuracy/objects_<n>` (colour accuracy in captions that ask for n objects, where
+    colour binding across objects shows)."""
     objects = [obj for clip in results for obj in clip.objects]
     summary = {
         "clips": float(len(results)),
@@ -242,6 +247,14 @@ def summarize(results: Sequence[ClipResult], fps: int) -> dict[str, float]:
         by_motion[obj.expected.motion].append(obj.motion_ok)
     for motion, verdicts in sorted(by_motion.items()):
         summary[f"motion_accuracy/{motion}"] = nan_mean(verdicts)
+    matched = [obj for obj in objects if obj.detected is not None]
+    summary["matched_objects"] = nan_mean(obj.detected is not None for obj in objects)
+    summary["colour_accuracy_matched"] = nan_mean(obj.colour_ok for obj in matched)
+    by_count: dict[int, list[bool]] = defaultdict(list)
+    for clip in results:
+        by_count[len(clip.objects)].extend(obj.colour_ok for obj in clip.objects)
+    for count, verdicts in sorted(by_count.items()):
+        summary[f"colour_accuracy/objects_{count}"] = nan_mean(verdicts)
     for key in results[0].keyframes:
         summary[key] = nan_mean(clip.keyframes[key] for clip in results)
     return summary
