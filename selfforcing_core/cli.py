@@ -67,13 +67,18 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
                          help="torch.compile the whole teacher (text encoder and DiT)")
     teacher.add_argument("--init", help="start from the DiT and text encoder exported in this folder (a previous run's "
                                         "--out), to continue training in a new run")
+    teacher.add_argument("--text-layers", type=int,
+                         help="text-encoder depth instead of the --size preset's; with --init from a shallower "
+                              "run, its layers are kept and the added ones start as identities")
+    teacher.add_argument("--dit-layers", type=int, help="DiT depth instead of the preset's (grows as --text-layers)")
 
     snapshot = stages.add_parser("snapshot", help="export the EMA weights of a teacher run's latest saved state, "
                                                   "also while it trains")
     snapshot.add_argument("--out", required=True, help="the teacher run's --out (it holds teacher_state.*)")
     snapshot.add_argument("--to", required=True,
                           help="folder for world_teacher / world_text_encoder.safetensors (what --init takes)")
-    snapshot.add_argument("--size", choices=("world", "toy"), default="world", help="the run's --size")
+    snapshot.add_argument("--size", choices=("world", "toy"), default="world",
+                          help="the run's --size (its depths are read from the state)")
     snapshot.add_argument("--resolution", type=int, default=128, help="the run's --resolution")
     snapshot.add_argument("--frames", type=int, default=33, help="the run's --frames")
     snapshot.add_argument("--shift", type=float, default=3.0, help="the run's --shift")
@@ -135,7 +140,8 @@ def run_train(args: argparse.Namespace) -> int:
         stages.run_teacher_stage(stages.TeacherStage(
             out=args.out, vae=args.vae, size=args.size, resolution=args.resolution, frames=args.frames,
             batch=args.batch, bank_clips=args.bank_clips, bank_minutes=args.bank_minutes, workers=args.workers,
-            shift=args.shift, text_dropout=args.text_dropout, init=args.init, train=_train_options(args, 5.0),
+            shift=args.shift, text_dropout=args.text_dropout, init=args.init, text_layers=args.text_layers,
+            dit_layers=args.dit_layers, train=_train_options(args, 5.0),
             eval_clips=args.eval_clips, eval_steps=args.eval_steps, loss_clips=args.loss_clips, guidance=args.guidance,
             compile=args.compile, precision=args.precision, cpu=args.cpu))
     elif args.stage == "snapshot":

@@ -52,8 +52,11 @@ def test_toy_pipeline_end_to_end(tmp_path):
     load_teacher_weights(continued, teacher_dir)
     exported = load_transformer(os.path.join(teacher_dir, DIT_FILE), dtype=torch.float32).model.state_dict()
     assert all(torch.equal(continued.dit.state_dict()[key], value) for key, value in exported.items())
-    assert main(["train", "teacher", "--vae", vae_file, "--out", str(tmp_path / "more"), *small, "--bank-clips", "4",
-                 "--eval-clips", "0", "--loss-clips", "0", "--init", teacher_dir]) == 0
+    deeper = str(tmp_path / "deeper")
+    assert main(["train", "teacher", "--vae", vae_file, "--out", deeper, *small, "--bank-clips", "4",
+                 "--eval-clips", "0", "--loss-clips", "0", "--init", teacher_dir, "--text-layers", "2",
+                 "--dit-layers", "3"]) == 0
+    _check_grown_run(deeper, str(tmp_path / "deeper_snapshot"))
     assert main(["train", "sample", "--out", sample_dir, "--vae", vae_file, "--teacher",
                  os.path.join(teacher_dir, DIT_FILE), "--text-encoder", os.path.join(teacher_dir, TEXT_FILE),
                  "--prompt", "a red circle moves right on a gray background", "--resolution", "32", "--frames", "5",
@@ -74,6 +77,19 @@ def _check_snapshot(teacher_dir: str, snapshot_dir: str) -> None:
         metadata = dit.metadata()
     assert metadata["kind"] == "bidirectional teacher (EMA at step 2)"
     assert metadata["resolution"] == "32x32" and metadata["num_frames"] == "5"
+
+
+def _check_grown_run(run_dir: str, snapshot_dir: str) -> None:
+    """A toy run grown from the 1-layer toy teacher exports, and snapshots, the depths it was asked for."""
+    for folder in (run_dir, snapshot_dir):
+        if folder == snapshot_dir:
+            assert main(["train", "snapshot", "--out", run_dir, "--to", snapshot_dir, "--size", "toy",
+                         "--resolution", "32", "--frames", "5"]) == 0
+        configs = []
+        for name in (DIT_FILE, TEXT_FILE):
+            with safe_open(os.path.join(folder, name), "pt") as weights:
+                configs.append(json.loads(weights.metadata()["config"]))
+        assert configs[0]["num_layers"] == 3 and configs[1]["num_layers"] == 2
 
 
 def test_snapshot_errors_say_what_is_wrong(tmp_path):

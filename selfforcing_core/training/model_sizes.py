@@ -6,7 +6,7 @@ its 12 frames) stays under 0.75 s (16 fps), and the three fp16 files stay under 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..config import WanConfig
 from ..text_encoder import UMT5Config
@@ -35,6 +35,14 @@ class ModelSizes:
     @property
     def text_len(self) -> int:
         return self.dit.text_len
+
+    def with_layers(self, text: int | None = None, dit: int | None = None) -> "ModelSizes":
+        """The same widths with other depths (None keeps the preset's): how a teacher grows deeper."""
+        for name, layers in (("text encoder", text), ("DiT", dit)):
+            if layers is not None and layers < 1:
+                raise ValueError(f"{name} layers must be at least 1, not {layers}")
+        return ModelSizes(vae=self.vae, text=replace(self.text, num_layers=text or self.text.num_layers),
+                          dit=replace(self.dit, num_layers=dit or self.dit.num_layers))
 
 
 WORLD = ModelSizes(

@@ -23,6 +23,7 @@ from .checkpointing import read_ema_weights
 from .data import (CaptionTokens, LatentBank, ScenePrefetcher, WorldClipBank, build_latent_bank, random_crop,
                    world_clips)
 from .evaluation import HELD_OUT_SEED, evaluate_teacher, evaluate_vae, generate_videos
+from .growth import block_count, load_grown
 from .model_sizes import PRESETS
 from .teacher_training import Teacher, bank_flow_loss, build_teacher, export_teacher, fixed_draw_loss
 from .trainer import TrainOptions, Trainer, make_accelerator
@@ -90,6 +91,8 @@ class TeacherStage:
     shift: float = 3.0
     text_dropout: float = 0.1
     init: str | None = None
+    text_layers: int | None = None
+    dit_layers: int | None = None
     train: TrainOptions = field(default_factory=lambda: TrainOptions(lr=5e-4, minutes=5.0))
     eval_clips: int = 200
     eval_steps: int = 30
@@ -232,11 +235,14 @@ def run_vae_stage(stage: VAEStage) -> dict[str, float]:
 
 def load_teacher_weights(teacher: Teacher, folder: str) -> None:
     """Start from a previous run's exported DiT and text encoder (`DIT_FILE`, `TEXT_FILE` in `folder`), so
-    training can go on over several sessions even where the full resumable state cannot be carried."""
+    training can go on over several sessions even where the full resumable state cannot be carried. A
+    teacher deeper than the files grows from them (`growth.load_grown`)."""
     dit = load_transformer(os.path.join(folder, DIT_FILE), dtype=torch.float32).model
     text = load_text_encoder(os.path.join(folder, TEXT_FILE), dtype=torch.float32, text_len=dit.config.text_len)
-    teacher.dit.load_state_dict(dit.state_dict())
-    teacher.text.load_state_dict(text.encoder.state_dict())
+    added_dit = load_grown(teacher.dit, dit.state_dict(), "DiT")
+    added_text = load_grown(teacher.text, text.encoder.state_dict(), "text encoder")
+    if added_dit or added_text:
+        log.info("grown from %s: %d DiT and %d text-encoder layers added as identities", folder, added_dit, added_text)
 
 
 def held_out_losses(teacher: Teacher, bank: LatentBank, vae: WanVAE, tokens: CaptionTokens, config: WorldConfig,
@@ -263,9 +269,11 @@ def snapshot_teacher(run: str, to: str, size: str = "world", resolution: int = 1
                      shift: float = 3.0) -> int:
     """Export the EMA weights of a teacher run's latest saved state into `to`, as the files `--init` continues
     from, and return their step. It works while the run trains, so each poll of a detached run on a lent
-    machine can bring home what it has learnt so far."""
+    machine can bring home what it has learnt so far. The depths are read from the state; `size` gives the
+    widths."""
     weights, step = read_ema_weights(os.path.join(run, TEACHER_STATE))
-    sizes = PRESETS[size]
+    sizes = PRESETS[size].with_layers(block_count(weights, "text.blocks.") or None,
+                                      block_count(weights, "dit.blocks.") or None)
     teacher = build_teacher(sizes.dit, sizes.text, TEACHER_TRAIN_SEED)
     params = dict(teacher.named_parameters())
     if set(weights) != set(params) or any(weights[name].shape != p.shape for name, p in params.items()):
@@ -285,7 +293,7 @@ def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
     """Encode a latent bank with the trained VAE, train DiT + text encoder, export and evaluate."""
     setup_logging(stage.out, "teacher")
     accelerator = make_accelerator(stage.precision, stage.cpu)
-    sizes = PRESETS[stage.size]
+    sizes = PRESETS[stage.size].with_layers(stage.text_layers, stage.dit_layers)
     config = WorldConfig(height=stage.resolution, width=stage.resolution, num_frames=stage.frames)
     vae = load_wan_vae(stage.vae, dtype=torch.float32, device=accelerator.device)
     tokens = CaptionTokens(sizes.text_len)
