@@ -71,6 +71,9 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
                          help="text-encoder depth instead of the --size preset's; with --init from a shallower "
                               "run, its layers are kept and the added ones start as identities")
     teacher.add_argument("--dit-layers", type=int, help="DiT depth instead of the preset's (grows as --text-layers)")
+    teacher.add_argument("--binding-weight", type=float, default=0.0,
+                         help="weight of the caption-binding loss: heads must read each object's colour, shape, "
+                              "size and motion from the text encoder at its shape word (0: off)")
 
     snapshot = stages.add_parser("snapshot", help="export the EMA weights of a teacher run's latest saved state, "
                                                   "also while it trains")
@@ -141,7 +144,7 @@ def run_train(args: argparse.Namespace) -> int:
             out=args.out, vae=args.vae, size=args.size, resolution=args.resolution, frames=args.frames,
             batch=args.batch, bank_clips=args.bank_clips, bank_minutes=args.bank_minutes, workers=args.workers,
             shift=args.shift, text_dropout=args.text_dropout, init=args.init, text_layers=args.text_layers,
-            dit_layers=args.dit_layers, train=_train_options(args, 5.0),
+            dit_layers=args.dit_layers, binding_weight=args.binding_weight, train=_train_options(args, 5.0),
             eval_clips=args.eval_clips, eval_steps=args.eval_steps, loss_clips=args.loss_clips, guidance=args.guidance,
             compile=args.compile, precision=args.precision, cpu=args.cpu))
     elif args.stage == "snapshot":

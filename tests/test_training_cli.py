@@ -55,7 +55,7 @@ def test_toy_pipeline_end_to_end(tmp_path):
     deeper = str(tmp_path / "deeper")
     assert main(["train", "teacher", "--vae", vae_file, "--out", deeper, *small, "--bank-clips", "4",
                  "--eval-clips", "0", "--loss-clips", "0", "--init", teacher_dir, "--text-layers", "2",
-                 "--dit-layers", "3"]) == 0
+                 "--dit-layers", "3", "--binding-weight", "0.5"]) == 0
     _check_grown_run(deeper, str(tmp_path / "deeper_snapshot"))
     assert main(["train", "sample", "--out", sample_dir, "--vae", vae_file, "--teacher",
                  os.path.join(teacher_dir, DIT_FILE), "--text-encoder", os.path.join(teacher_dir, TEXT_FILE),
@@ -80,7 +80,8 @@ def _check_snapshot(teacher_dir: str, snapshot_dir: str) -> None:
 
 
 def _check_grown_run(run_dir: str, snapshot_dir: str) -> None:
-    """A toy run grown from the 1-layer toy teacher exports, and snapshots, the depths it was asked for."""
+    """A toy run grown from the 1-layer toy teacher exports, and snapshots, the depths it was asked for (and
+    not the caption-binding heads it trained with)."""
     for folder in (run_dir, snapshot_dir):
         if folder == snapshot_dir:
             assert main(["train", "snapshot", "--out", run_dir, "--to", snapshot_dir, "--size", "toy",
@@ -90,6 +91,7 @@ def _check_grown_run(run_dir: str, snapshot_dir: str) -> None:
             with safe_open(os.path.join(folder, name), "pt") as weights:
                 configs.append(json.loads(weights.metadata()["config"]))
         assert configs[0]["num_layers"] == 3 and configs[1]["num_layers"] == 2
+        assert not any(key.startswith("binding") for key in load_file(os.path.join(folder, TEXT_FILE)))
 
 
 def test_snapshot_errors_say_what_is_wrong(tmp_path):

@@ -93,6 +93,7 @@ class TeacherStage:
     init: str | None = None
     text_layers: int | None = None
     dit_layers: int | None = None
+    binding_weight: float = 0.0
     train: TrainOptions = field(default_factory=lambda: TrainOptions(lr=5e-4, minutes=5.0))
     eval_clips: int = 200
     eval_steps: int = 30
@@ -276,6 +277,7 @@ def snapshot_teacher(run: str, to: str, size: str = "world", resolution: int = 1
                                       block_count(weights, "dit.blocks.") or None)
     teacher = build_teacher(sizes.dit, sizes.text, TEACHER_TRAIN_SEED)
     params = dict(teacher.named_parameters())
+    weights = {name: value for name, value in weights.items() if not name.startswith("binding.")}  # training only
     if set(weights) != set(params) or any(weights[name].shape != p.shape for name, p in params.items()):
         raise ValueError(f"the state in {run} does not hold a '{size}' teacher: pass the --size it was trained with")
     with torch.no_grad():
@@ -302,7 +304,7 @@ def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
                              config, workers=stage.workers, max_seconds=60.0 * stage.bank_minutes)
     log.info("latent bank: %d clips %s in %.1fs (latent std %.3f)", len(bank), tuple(bank.latents.shape[1:]),
              time.monotonic() - began, float(bank.latents.std()))
-    teacher = build_teacher(sizes.dit, sizes.text, stage.train.seed)
+    teacher = build_teacher(sizes.dit, sizes.text, stage.train.seed, binding=stage.binding_weight > 0)
     if stage.init:
         load_teacher_weights(teacher, stage.init)
     if stage.compile:
@@ -315,7 +317,8 @@ def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
     # On the device once: a copy from the host every step would wait for the GPU.
     empty_ids, empty_mask = tokens.empty_ids.to(accelerator.device), tokens.empty_mask.to(accelerator.device)
 
-    trainer.run(bank_flow_loss(bank, stage.batch, empty_ids, empty_mask, stage.shift, stage.text_dropout), "teacher")
+    trainer.run(bank_flow_loss(bank, stage.batch, empty_ids, empty_mask, stage.shift, stage.text_dropout,
+                               stage.binding_weight), "teacher")
     if not accelerator.is_main_process:
         return {}
     ema = trainer.ema_model()

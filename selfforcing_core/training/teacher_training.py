@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -18,25 +18,46 @@ from ..checkpoint import save_transformer
 from ..config import WanConfig
 from ..text_encoder import UMT5Config, UMT5Encoder
 from ..transformer import CausalWanModel
+from .caption_binding import BindingHeads, binding_loss, binding_targets
 from .data import LatentBank
 from .sampling import shifted_sigma
 
 
 class Teacher(nn.Module):
-    """DiT + text encoder as one module (one optimizer, one DDP wrapper, one EMA)."""
+    """DiT + text encoder as one module (one optimizer, one DDP wrapper, one EMA); with `binding`, also the
+    training-only heads of the caption-binding loss (`caption_binding`), which are never exported."""
 
-    def __init__(self, dit_config: WanConfig, text_config: UMT5Config, attention_backend: str = "sdpa"):
+    def __init__(self, dit_config: WanConfig, text_config: UMT5Config, attention_backend: str = "sdpa",
+                 binding: bool = False):
         super().__init__()
         self.dit = CausalWanModel(dit_config, attention_backend=attention_backend)
         self.text = UMT5Encoder(text_config)
+        self.binding = BindingHeads(text_config.dim) if binding else None
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Caption embeddings [B, text_len, text_dim], zero past each caption."""
         return self.text(ids, mask)
 
-    def forward(self, latents: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Flow prediction for noisy latents [B, C, F, h, w] at per-frame timesteps t [B, F] (bidirectional)."""
-        return self.dit(latents, t, self.encode_text(ids, mask))
+    def forward(self, latents: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                binding_at: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Flow prediction for noisy latents [B, C, F, h, w] at per-frame timesteps t [B, F] (bidirectional);
+        given the objects' shape-word positions `binding_at` [B, objects], also the binding heads' logits (one
+        forward, so that a compiled teacher compiles both)."""
+        text = self.encode_text(ids, mask)
+        prediction = self.dit(latents, t, text)
+        if binding_at is None:
+            return prediction
+        if self.binding is None:
+            raise ValueError("this teacher was built without binding heads")
+        return prediction, self.binding(text, binding_at)
+
+
+class BindingBatch(NamedTuple):
+    """The caption-binding targets of one batch (`caption_binding.binding_targets`) and the loss's weight."""
+
+    positions: torch.Tensor
+    labels: torch.Tensor
+    weight: float
 
 
 @torch.no_grad()
@@ -58,12 +79,13 @@ def init_teacher(teacher: Teacher, seed: int = 0) -> None:
 
 
 def build_teacher(
-    dit_config: WanConfig, text_config: UMT5Config, seed: int = 0, attention_backend: str = "sdpa"
+    dit_config: WanConfig, text_config: UMT5Config, seed: int = 0, attention_backend: str = "sdpa",
+    binding: bool = False,
 ) -> Teacher:
     """A freshly initialised teacher, the same for the same seed (the global RNG is left as it was)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        teacher = Teacher(dit_config, text_config, attention_backend)
+        teacher = Teacher(dit_config, text_config, attention_backend, binding)
     init_teacher(teacher, seed)
     return teacher
 
@@ -78,8 +100,10 @@ def flow_matching_loss(
     generator: torch.Generator,
     shift: float,
     text_dropout: float,
+    binding: BindingBatch | None = None,
 ) -> torch.Tensor:
-    """MSE between the predicted and true flow on one batch, captions dropped with `text_dropout`."""
+    """MSE between the predicted and true flow on one batch, captions dropped with `text_dropout`; plus the
+    weighted caption-binding loss on the captions kept, when `binding` is given."""
     batch, frames, device = latents.shape[0], latents.shape[2], latents.device
     sigma = shifted_sigma(torch.rand(batch, generator=generator, device=device), shift)
     noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
@@ -89,21 +113,34 @@ def flow_matching_loss(
     s = sigma.view(batch, 1, 1, 1, 1).to(latents.dtype)
     noisy = (1.0 - s) * latents + s * noise
     t = (sigma * 1000.0)[:, None].expand(batch, frames)
-    prediction = teacher(noisy, t, ids, mask)
-    return F.mse_loss(prediction.float(), (noise - latents).float())
+    if binding is None:
+        prediction = teacher(noisy, t, ids, mask)
+        return F.mse_loss(prediction.float(), (noise - latents).float())
+    prediction, logits = teacher(noisy, t, ids, mask, binding.positions)
+    flow = F.mse_loss(prediction.float(), (noise - latents).float())
+    return flow + binding.weight * binding_loss(logits, binding.positions, binding.labels, ~drop)
 
 
 def bank_flow_loss(
     bank: LatentBank, batch: int, empty_ids: torch.Tensor, empty_mask: torch.Tensor, shift: float,
-    text_dropout: float,
+    text_dropout: float, binding_weight: float = 0.0,
 ) -> Callable[[nn.Module, torch.Generator, int], torch.Tensor]:
     """The teacher's training loss as `Trainer.step` takes it: flow matching on `batch` clips drawn from `bank`
-    by the trainer's generator."""
+    by the trainer's generator, plus the caption-binding loss with `binding_weight` > 0 (its targets are
+    parsed from the bank's captions once, here)."""
+    if binding_weight > 0:
+        positions, labels = (tensor.to(bank.latents.device) for tensor in binding_targets(bank.captions,
+                                                                                           bank.ids.shape[1]))
 
     def loss_fn(model: nn.Module, generator: torch.Generator, step: int) -> torch.Tensor:
         index = torch.randint(len(bank), (batch,), generator=generator, device=generator.device)
         latents, ids, mask = bank.batch(index)
-        return flow_matching_loss(model, latents, ids, mask, empty_ids, empty_mask, generator, shift, text_dropout)
+        binding = None
+        if binding_weight > 0:
+            at = index.to(positions.device)
+            binding = BindingBatch(positions[at], labels[at], binding_weight)
+        return flow_matching_loss(model, latents, ids, mask, empty_ids, empty_mask, generator, shift, text_dropout,
+                                  binding)
 
     return loss_fn
 

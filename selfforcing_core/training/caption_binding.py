@@ -1,0 +1,89 @@
+"""An auxiliary loss that makes the teacher's text encoder bind each object's words together.
+
+Trained on the diffusion loss alone, the world text encoder learns per-byte features: at an object's
+shape word a probe cannot tell that object's colour (`benchmarks/probe_text_binding.py`), so with
+two or three objects the DiT sees which colours, shapes and motions occur but not whose they are,
+and trades them between objects. This loss asks small linear heads to read each object's colour,
+shape, size and motion from the encoder's output at the last byte of its shape word; the world's
+captions are parsed back into those targets, so the loss needs nothing beyond the captions.
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .world_caption import MOTION_PHRASES, SIZE_WORDS
+from .world_vocab import OBJECT_COLOURS, SHAPES
+
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "colour": tuple(OBJECT_COLOURS),
+    "shape": tuple(SHAPES),
+    "size": tuple(SIZE_WORDS),
+    "motion": tuple(MOTION_PHRASES),
+}
+MAX_OBJECTS = 3  # the world's most objects per caption (WorldConfig.max_objects)
+
+
+def _alternatives(words: Sequence[str]) -> str:
+    return "|".join(re.escape(word) for word in sorted(words, key=len, reverse=True))
+
+
+_COLOUR = _alternatives(OBJECT_COLOURS)
+_MOTION_BY_PHRASE = {phrase: motion for motion, phrase in MOTION_PHRASES.items() if "{" not in phrase}
+_OBJECT = re.compile(
+    rf"\ban? (?:(?P<size>{_alternatives([w for w in SIZE_WORDS.values() if w])}) )?(?P<colour>{_COLOUR}) "
+    rf"(?P<shape>{_alternatives(SHAPES)}) (?P<motion>{_alternatives(_MOTION_BY_PHRASE)}|turns (?:{_COLOUR}))"
+)
+
+
+def binding_targets(captions: Sequence[str], text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each caption, the byte index of each object's shape word [N, MAX_OBJECTS] (-1 where there is no
+    object) and the object's attributes as indices into `ATTRIBUTES` [N, MAX_OBJECTS, len(ATTRIBUTES)]."""
+    positions = torch.full((len(captions), MAX_OBJECTS), -1, dtype=torch.long)
+    labels = torch.zeros((len(captions), MAX_OBJECTS, len(ATTRIBUTES)), dtype=torch.long)
+    size_of_word = {word or "medium": size for size, word in SIZE_WORDS.items()}
+    for row, caption in enumerate(captions):
+        for column, match in enumerate(_OBJECT.finditer(caption)):
+            if column == MAX_OBJECTS or match.end("shape") > text_len - 1:  # the last token is EOS
+                break
+            motion = match["motion"]
+            values = {"colour": match["colour"], "shape": match["shape"],
+                      "size": size_of_word[match["size"] or "medium"],
+                      "motion": "colour_change" if motion.startswith("turns ") else _MOTION_BY_PHRASE[motion]}
+            positions[row, column] = match.end("shape") - 1
+            labels[row, column] = torch.tensor([ATTRIBUTES[name].index(values[name]) for name in ATTRIBUTES])
+    return positions, labels
+
+
+class BindingHeads(nn.Module):
+    """One linear classifier per attribute, reading the text encoder's output at an object's shape word."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.heads = nn.ModuleDict({name: nn.Linear(dim, len(values)) for name, values in ATTRIBUTES.items()})
+
+    def forward(self, text: torch.Tensor, positions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits [B, MAX_OBJECTS, classes] per attribute from text features [B, L, dim] (positions -1 read
+        index 0; the loss leaves them out)."""
+        index = positions.clamp(min=0)[..., None].expand(-1, -1, text.shape[-1])
+        at_shapes = torch.gather(text, 1, index)
+        return {name: head(at_shapes) for name, head in self.heads.items()}
+
+
+def binding_loss(logits: dict[str, torch.Tensor], positions: torch.Tensor, labels: torch.Tensor,
+                 keep: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over attributes and the objects present in the kept captions [B] (captions dropped
+    for guidance carry no words to bind)."""
+    valid = (positions >= 0) & keep[:, None]
+    weight = valid.float()
+    total = weight.sum().clamp(min=1.0)
+    losses = [
+        (F.cross_entropy(logits[name].flatten(0, 1).float(), labels[..., column].flatten(), reduction="none")
+         * weight.flatten()).sum() / total
+        for column, name in enumerate(ATTRIBUTES)
+    ]
+    return torch.stack(losses).mean()
