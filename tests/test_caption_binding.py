@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from selfforcing_core.training.caption_binding import (ATTRIBUTES, MAX_OBJECTS, BindingHeads, binding_loss,
-                                                       binding_targets)
+from selfforcing_core.training.caption_binding import (ATTRIBUTES, MAX_OBJECTS, BindingHeads, binding_accuracy,
+                                                       binding_loss, binding_targets)
 from selfforcing_core.training.data import CaptionTokens
 from selfforcing_core.training.model_sizes import PRESETS, WORLD_TEXT_LEN
 from selfforcing_core.training.teacher_training import BindingBatch, build_teacher, flow_matching_loss
@@ -55,6 +55,8 @@ def test_training_on_it_makes_the_text_encoder_bind():
     teacher = build_teacher(TOY.dit, TOY.text, seed=0, binding=True)
     optimizer = torch.optim.Adam([*teacher.text.parameters(), *teacher.binding.parameters()], lr=5e-3)
     keep = torch.ones(len(scenes), dtype=torch.bool)
+    captions = [scene.caption for scene in scenes]
+    before = binding_accuracy(teacher.encode_text, teacher.binding, ids, mask, captions)
     losses = []
     for _ in range(20):
         optimizer.zero_grad()
@@ -63,6 +65,8 @@ def test_training_on_it_makes_the_text_encoder_bind():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0], losses
+    after = binding_accuracy(teacher.encode_text, teacher.binding, ids, mask, captions)
+    assert after["binding_accuracy/colour"] > before["binding_accuracy/colour"] + 0.2, (before, after)
 
 
 def test_the_flow_loss_adds_the_weighted_binding_loss():

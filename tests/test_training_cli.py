@@ -57,6 +57,8 @@ def test_toy_pipeline_end_to_end(tmp_path):
                  "--eval-clips", "0", "--loss-clips", "0", "--init", teacher_dir, "--text-layers", "2",
                  "--dit-layers", "3", "--binding-weight", "0.5"]) == 0
     _check_grown_run(deeper, str(tmp_path / "deeper_snapshot"))
+    binding = json.load(open(os.path.join(deeper, "teacher_metrics.json")))
+    assert all(0.0 <= binding[f"binding_accuracy/{name}"] <= 1.0 for name in ("colour", "shape", "size", "motion"))
     assert main(["train", "sample", "--out", sample_dir, "--vae", vae_file, "--teacher",
                  os.path.join(teacher_dir, DIT_FILE), "--text-encoder", os.path.join(teacher_dir, TEXT_FILE),
                  "--prompt", "a red circle moves right on a gray background", "--resolution", "32", "--frames", "5",

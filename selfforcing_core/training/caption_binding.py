@@ -10,7 +10,7 @@ captions are parsed back into those targets, so the loss needs nothing beyond th
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -87,3 +87,17 @@ def binding_loss(logits: dict[str, torch.Tensor], positions: torch.Tensor, label
         for column, name in enumerate(ATTRIBUTES)
     ]
     return torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def binding_accuracy(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], heads: BindingHeads,
+                     ids: torch.Tensor, mask: torch.Tensor, captions: Sequence[str]) -> dict[str, float]:
+    """How often the heads name each attribute of the objects of these (held-out) captions, as
+    `binding_accuracy/<attribute>`: how much of each object the encoder has bound to its shape word."""
+    positions, labels = binding_targets(captions, ids.shape[1])
+    device = next(heads.parameters()).device
+    positions, labels = positions.to(device), labels.to(device)
+    logits = heads(encode(ids.to(device), mask.to(device)).float(), positions)
+    present = positions >= 0
+    return {f"binding_accuracy/{name}": float((logits[name].argmax(-1) == labels[..., column])[present].float().mean())
+            for column, name in enumerate(ATTRIBUTES)}

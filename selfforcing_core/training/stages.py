@@ -22,6 +22,7 @@ from ..wan_vae import WanVAE
 from .checkpointing import read_ema_weights
 from .data import (CaptionTokens, LatentBank, ScenePrefetcher, WorldClipBank, build_latent_bank, random_crop,
                    world_clips)
+from .caption_binding import binding_accuracy
 from .evaluation import HELD_OUT_SEED, evaluate_teacher, evaluate_vae, generate_videos
 from .growth import block_count, load_grown
 from .model_sizes import PRESETS
@@ -51,6 +52,7 @@ VAE_FILE = "world_vae.safetensors"
 DIT_FILE = "world_teacher.safetensors"
 TEXT_FILE = "world_text_encoder.safetensors"
 TEACHER_STATE = "teacher_state"
+BINDING_EVAL_CAPTIONS = 512
 
 
 @dataclass
@@ -331,6 +333,11 @@ def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
         metrics.update(held_out_losses(ema, bank, vae, tokens, config, stage))
         log.info("teacher: flow loss with fixed draws %.4f on bank clips, %.4f on held-out clips",
                  metrics["loss_bank_clips"], metrics["loss_held_out_clips"])
+    if ema.binding is not None:
+        captions = [scene.caption for scene in sample_scenes(HELD_OUT_SEED, range(BINDING_EVAL_CAPTIONS), config)]
+        metrics.update(binding_accuracy(ema.encode_text, ema.binding, *tokens(captions), captions))
+        log.info("teacher: caption binding on held-out captions %s", ", ".join(
+            f"{key.split('/')[1]} {value:.3f}" for key, value in metrics.items() if key.startswith("binding_")))
     if stage.eval_clips:
         began = time.monotonic()
         eval_config = WorldConfig(height=stage.resolution, width=stage.resolution, num_frames=stage.frames)
