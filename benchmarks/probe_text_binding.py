@@ -24,38 +24,30 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from selfforcing_core.text_encoder import UMT5Encoder  # noqa: E402
 from selfforcing_core.text_encoder_loading import load_text_encoder  # noqa: E402
+from selfforcing_core.training.caption_binding import binding_targets  # noqa: E402
 from selfforcing_core.training.data import CaptionTokens  # noqa: E402
 from selfforcing_core.training.model_sizes import WORLD_TEXT_LEN  # noqa: E402
 from selfforcing_core.training.world import sample_scenes  # noqa: E402
-from selfforcing_core.training.world_caption import MOTION_PHRASES, SIZE_WORDS  # noqa: E402
+from selfforcing_core.training.world_caption import MOTION_PHRASES  # noqa: E402
 from selfforcing_core.training.world_scene import SceneParams, WorldConfig  # noqa: E402
 from selfforcing_core.training.world_vocab import OBJECT_COLOURS  # noqa: E402
 
 PROBE_SEED = 77  # a stream of scenes of its own: neither the training nor the evaluation captions
 
 
-def shape_word_ends(scene: SceneParams) -> list[int]:
-    """The byte index of the last letter of each object's shape word in the scene's caption, in object order."""
-    caption, cursor, ends = scene.caption, 0, []
-    for obj in scene.objects:
-        noun = " ".join(word for word in (SIZE_WORDS[obj.size], obj.colour, obj.shape) if word)
-        start = caption.index(noun, cursor)
-        ends.append(start + len(noun) - 1)
-        cursor = start + len(noun)
-    return ends
-
-
 @torch.no_grad()
 def features(encoder: UMT5Encoder, scenes: list[SceneParams], batch: int = 256) -> tuple[torch.Tensor, list[tuple]]:
-    """Encoder outputs at each object's shape word [N, dim], with (object count, colour, motion) per row."""
+    """Encoder outputs at each object's shape word [N, dim] (where the caption-binding loss reads them), with
+    (object count, colour, motion) per row."""
     tokens = CaptionTokens(WORLD_TEXT_LEN)
     rows, labels = [], []
     for first in range(0, len(scenes), batch):
         part = scenes[first:first + batch]
-        ids, mask = tokens([scene.caption for scene in part])
-        out = encoder(ids, mask)
+        captions = [scene.caption for scene in part]
+        out = encoder(*tokens(captions))
+        positions, _ = binding_targets(captions, WORLD_TEXT_LEN)
         for index, scene in enumerate(part):
-            for obj, end in zip(scene.objects, shape_word_ends(scene)):
+            for obj, end in zip(scene.objects, positions[index].tolist()):
                 rows.append(out[index, end])
                 labels.append((len(scene.objects), obj.colour, obj.motion))
     return torch.stack(rows), labels
