@@ -4,8 +4,8 @@ For every object of held-out world captions, the encoder's output at the last by
 shape word is fed to a linear classifier that must name that object's colour (and, separately, its
 motion). With two or three objects in a caption, an encoder that only knows which words occur
 cannot tell whose colour is whose; one that binds words to their object can. The same probe on an
-untrained encoder of the same shape is the reference: the context its random attention mixes into
-each byte. Prints accuracies by object count (chance: 10 % for colour, 7 % for motion).
+untrained encoder of the same shape (the teacher's initialisation) is the reference: the context its random attention
+mixes into each byte. Prints accuracies by object count (chance: 10 % for colour, 7 % for motion).
 
     python benchmarks/probe_text_binding.py --text-encoder benchmarks/checkpoints/run10/world_text_encoder.safetensors
 """
@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,8 @@ from selfforcing_core.text_encoder import UMT5Encoder  # noqa: E402
 from selfforcing_core.text_encoder_loading import load_text_encoder  # noqa: E402
 from selfforcing_core.training.caption_binding import binding_targets  # noqa: E402
 from selfforcing_core.training.data import CaptionTokens  # noqa: E402
-from selfforcing_core.training.model_sizes import WORLD_TEXT_LEN  # noqa: E402
+from selfforcing_core.training.model_sizes import WORLD, WORLD_TEXT_LEN  # noqa: E402
+from selfforcing_core.training.teacher_training import build_teacher  # noqa: E402
 from selfforcing_core.training.world import sample_scenes  # noqa: E402
 from selfforcing_core.training.world_caption import MOTION_PHRASES  # noqa: E402
 from selfforcing_core.training.world_scene import SceneParams, WorldConfig  # noqa: E402
@@ -47,7 +49,10 @@ def features(encoder: UMT5Encoder, scenes: list[SceneParams], batch: int = 256) 
         out = encoder(*tokens(captions))
         positions, _ = binding_targets(captions, WORLD_TEXT_LEN)
         for index, scene in enumerate(part):
-            for obj, end in zip(scene.objects, positions[index].tolist()):
+            ends = positions[index].tolist()
+            if sum(end >= 0 for end in ends) != len(scene.objects):
+                raise ValueError(f"caption not fully parsed: {scene.caption!r}")
+            for obj, end in zip(scene.objects, ends):
                 rows.append(out[index, end])
                 labels.append((len(scene.objects), obj.colour, obj.motion))
     return torch.stack(rows), labels
@@ -100,7 +105,8 @@ def main() -> None:
     trained = load_text_encoder(args.text_encoder, dtype=torch.float32, text_len=WORLD_TEXT_LEN).encoder.eval()
     began = time.monotonic()
     report("trained encoder", trained, train, test)
-    report("untrained encoder", UMT5Encoder(trained.config).eval(), train, test)
+    untrained = build_teacher(replace(WORLD.dit, text_dim=trained.config.dim), trained.config).text.eval()
+    report("untrained encoder", untrained, train, test)
     print(f"({args.train_captions} + {args.test_captions} captions, {time.monotonic() - began:.0f} s)")
 
 

@@ -70,7 +70,7 @@ case "$MODE" in
     done
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
     for file in vae/world_vae.safetensors teacher/world_teacher.safetensors teacher/world_text_encoder.safetensors \
-                sf_out/world_causal.safetensors; do
+                teacher/world_binding_heads.safetensors sf_out/world_causal.safetensors; do
       [ -f "$WORK/$file" ] && cp "$WORK/$file" "$OUT/"
     done
     if [ ! -f "$WORK/teacher/world_teacher.safetensors" ] && [ -f "$WORK/teacher/teacher_state.json" ]; then

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
@@ -18,7 +17,8 @@ from .config import PRESETS, CausalSettings, WanConfig
 from .families import Family, detect_family
 from .file_kinds import FileKind, identify, wrong_file
 from .transformer import CausalWanModel
-from .weights_io import CheckpointError, dequantize, read_safetensors_metadata, read_weights, strip_prefix
+from .weights_io import (CheckpointError, count_blocks, dequantize, read_safetensors_metadata, read_weights,
+                         strip_prefix)
 
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.", "_orig_mod.")
 _WRAPPERS = ("generator_ema", "generator", "state_dict", "model")
@@ -59,10 +59,6 @@ def read_transformer_state(path: str, use_ema: bool = True) -> tuple[dict[str, t
     return tensors, read_safetensors_metadata(path)
 
 
-def _count_layers(state_dict: Mapping[str, Any]) -> int:
-    indices = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
-    return max(indices) + 1 if indices else 0
-
 
 def infer_config(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str], path: str) -> WanConfig:
     """The model's shape, from its metadata when present, else from tensor shapes."""
@@ -79,7 +75,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, 
             text_dim=state_dict["text_embedding.0.weight"].shape[1],
             freq_dim=state_dict["time_embedding.0.weight"].shape[1],
             out_dim=head.shape[0] // (patch_size[0] * patch_size[1] * patch_size[2]),
-            num_layers=_count_layers(state_dict),
+            num_layers=count_blocks(state_dict),
             qk_norm="blocks.0.self_attn.norm_q.weight" in state_dict,
             cross_attn_norm="blocks.0.norm3.weight" in state_dict,
         )

@@ -28,6 +28,20 @@ def _common(parser: argparse.ArgumentParser, lr: float, ema: float, minutes: flo
     add_budget(parser, minutes)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
+
 def add_train_commands(commands: argparse._SubParsersAction) -> None:
     """The `train` command and its stages."""
     train = commands.add_parser("train", help="train the world models (VAE, then teacher)")
@@ -67,11 +81,11 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
                          help="torch.compile the whole teacher (text encoder and DiT)")
     teacher.add_argument("--init", help="start from the DiT and text encoder exported in this folder (a previous run's "
                                         "--out), to continue training in a new run")
-    teacher.add_argument("--text-layers", type=int,
+    teacher.add_argument("--text-layers", type=_positive_int,
                          help="text-encoder depth instead of the --size preset's; with --init from a shallower "
                               "run, its layers are kept and the added ones start as identities")
-    teacher.add_argument("--dit-layers", type=int, help="DiT depth instead of the preset's (grows as --text-layers)")
-    teacher.add_argument("--binding-weight", type=float, default=0.0,
+    teacher.add_argument("--dit-layers", type=_positive_int, help="DiT depth instead of the preset's (grows as --text-layers)")
+    teacher.add_argument("--binding-weight", type=_non_negative_float, default=0.0,
                          help="weight of the caption-binding loss: heads must read each object's colour, shape, "
                               "size and motion from the text encoder at its shape word (0: off)")
 

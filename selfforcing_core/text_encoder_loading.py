@@ -18,7 +18,7 @@ import torch
 from .file_kinds import FileKind, identify, wrong_file
 from .text_encoder import TextEncoder, UMT5Config, UMT5Encoder
 from .tokenizers import DEFAULT_TEXT_LEN, Tokenizer, find_tokenizer, load_tokenizer
-from .weights_io import CheckpointError, dequantize, read_weights, strip_prefix
+from .weights_io import CheckpointError, count_blocks, dequantize, read_weights, strip_prefix
 
 SPIECE_KEY = "spiece_model"
 _MARKER_KEYS = ("scaled_fp8",)
@@ -98,7 +98,7 @@ def hf_to_original(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLi
     if "token_embedding.weight" not in out and "encoder.embed_tokens.weight" in state_dict:
         out["token_embedding.weight"] = state_dict["encoder.embed_tokens.weight"]
     bias_keys = [key for key in out if key.endswith("pos_embedding.embedding.weight")]
-    if bias_keys == ["blocks.0.pos_embedding.embedding.weight"] and _count_layers(out) > 1:
+    if bias_keys == ["blocks.0.pos_embedding.embedding.weight"] and count_blocks(out) > 1:
         out["pos_embedding.embedding.weight"] = out.pop(bias_keys[0])
     return out
 
@@ -126,7 +126,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike
             dim_attn=state_dict["blocks.0.attn.q.weight"].shape[0],
             dim_ffn=state_dict["blocks.0.ffn.fc1.weight"].shape[0],
             num_heads=num_heads,
-            num_layers=_count_layers(state_dict),
+            num_layers=count_blocks(state_dict),
             num_buckets=num_buckets,
             shared_pos=shared,
         )
@@ -187,9 +187,6 @@ def _is_original_layout(state_dict: Mapping[str, Any]) -> bool:
 def _is_hf_layout(state_dict: Mapping[str, Any]) -> bool:
     return "encoder.block.0.layer.0.SelfAttention.q.weight" in state_dict
 
-
-def _count_layers(state_dict: Mapping[str, Any]) -> int:
-    return len({int(match.group(1)) for key in state_dict if (match := re.match(r"blocks\.(\d+)\.", key))})
 
 
 def _sample(state_dict: Mapping[str, Any], count: int = 4) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Mapping
 
 import torch
@@ -149,3 +150,10 @@ def strip_prefix(state_dict: Mapping[str, Any], prefixes: tuple[str, ...]) -> di
         if state_dict and all(key.startswith(prefix) for key in state_dict):
             return {key[len(prefix):]: value for key, value in state_dict.items()}
     return dict(state_dict)
+
+
+def count_blocks(state_dict: Mapping[str, Any], prefix: str = "blocks.") -> int:
+    """How many numbered blocks (`<prefix><i>.`) a state dict holds: a model's depth, read from its weights."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    indices = {int(match.group(1)) for key in state_dict if (match := pattern.match(key))}
+    return max(indices) + 1 if indices else 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selfforcing_core.training.growth import block_count, load_grown, residual_outputs
+from selfforcing_core.training.growth import load_grown, residual_outputs
+from selfforcing_core.weights_io import count_blocks
 from selfforcing_core.training.model_sizes import PRESETS
 from selfforcing_core.training.teacher_training import build_teacher
 
@@ -83,8 +84,8 @@ def test_a_deeper_or_wider_source_is_refused():
 
 
 def test_block_count_and_depth_checks():
-    assert block_count({"blocks.0.w": torch.zeros(1), "blocks.11.w": torch.zeros(1), "head.w": torch.zeros(1)}) == 12
-    assert block_count({"dit.blocks.3.w": torch.zeros(1)}, "dit.blocks.") == 4
-    assert block_count({"norm.weight": torch.zeros(1)}) == 0
+    assert count_blocks({"blocks.0.w": torch.zeros(1), "blocks.11.w": torch.zeros(1), "head.w": torch.zeros(1)}) == 12
+    assert count_blocks({"dit.blocks.3.w": torch.zeros(1)}, "dit.blocks.") == 4
+    assert count_blocks({"norm.weight": torch.zeros(1)}) == 0
     with pytest.raises(ValueError, match="at least 1"):
         TOY.with_layers(text=0)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from selfforcing_core.checkpoint import load_transformer
 from selfforcing_core.cli import main
 from selfforcing_core.training.model_sizes import PRESETS
-from selfforcing_core.training.stages import DIT_FILE, TEXT_FILE, VAE_FILE, load_teacher_weights
+from selfforcing_core.training.stages import DIT_FILE, HEADS_FILE, TEXT_FILE, VAE_FILE, load_teacher_weights
 from selfforcing_core.training.teacher_training import build_teacher
 from selfforcing_core.training.trainer import TrainOptions, Trainer, make_accelerator
 
@@ -81,9 +81,14 @@ def _check_snapshot(teacher_dir: str, snapshot_dir: str) -> None:
     assert metadata["resolution"] == "32x32" and metadata["num_frames"] == "5"
 
 
+def _grown_toy():
+    sizes = PRESETS["toy"].with_layers(text=2, dit=3)
+    return sizes.dit, sizes.text
+
+
 def _check_grown_run(run_dir: str, snapshot_dir: str) -> None:
-    """A toy run grown from the 1-layer toy teacher exports, and snapshots, the depths it was asked for (and
-    not the caption-binding heads it trained with)."""
+    """A toy run grown from the 1-layer toy teacher exports, and snapshots, the depths it was asked for, with
+    its caption-binding heads in a file of their own that `--init` continues."""
     for folder in (run_dir, snapshot_dir):
         if folder == snapshot_dir:
             assert main(["train", "snapshot", "--out", run_dir, "--to", snapshot_dir, "--size", "toy",
@@ -93,7 +98,21 @@ def _check_grown_run(run_dir: str, snapshot_dir: str) -> None:
             with safe_open(os.path.join(folder, name), "pt") as weights:
                 configs.append(json.loads(weights.metadata()["config"]))
         assert configs[0]["num_layers"] == 3 and configs[1]["num_layers"] == 2
-        assert not any(key.startswith("binding") for key in load_file(os.path.join(folder, TEXT_FILE)))
+    heads = [load_file(os.path.join(folder, HEADS_FILE)) for folder in (run_dir, snapshot_dir)]
+    assert heads[0].keys() == heads[1].keys() and "heads.colour.weight" in heads[0]
+    assert all(torch.equal(heads[0][key], heads[1][key]) for key in heads[0])
+    continued = build_teacher(*_grown_toy(), seed=7, binding=True)
+    load_teacher_weights(continued, snapshot_dir)
+    assert torch.equal(continued.binding.heads.colour.weight, heads[0]["heads.colour.weight"])
+
+
+@pytest.mark.parametrize("option, value", [("--binding-weight", "-0.1"), ("--text-layers", "0"),
+                                           ("--dit-layers", "-2")])
+def test_bad_teacher_options_are_refused_at_once(option, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "teacher", "--vae", "v.safetensors", "--out", "x", option, value])
+    assert exit_info.value.code == 2
+    assert option in capsys.readouterr().err
 
 
 def test_snapshot_errors_say_what_is_wrong(tmp_path):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .world_caption import MOTION_PHRASES, SIZE_WORDS
+from .world_scene import MOST_OBJECTS
 from .world_vocab import OBJECT_COLOURS, SHAPES
 
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -25,7 +26,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "size": tuple(SIZE_WORDS),
     "motion": tuple(MOTION_PHRASES),
 }
-MAX_OBJECTS = 3  # the world's most objects per caption (WorldConfig.max_objects)
+MAX_OBJECTS = MOST_OBJECTS
 
 
 def _alternatives(words: Sequence[str]) -> str:
@@ -34,6 +35,7 @@ def _alternatives(words: Sequence[str]) -> str:
 
 _COLOUR = _alternatives(OBJECT_COLOURS)
 _MOTION_BY_PHRASE = {phrase: motion for motion, phrase in MOTION_PHRASES.items() if "{" not in phrase}
+_SIZE_BY_WORD = {word: size for size, word in SIZE_WORDS.items() if word}
 _OBJECT = re.compile(
     rf"\ban? (?:(?P<size>{_alternatives([w for w in SIZE_WORDS.values() if w])}) )?(?P<colour>{_COLOUR}) "
     rf"(?P<shape>{_alternatives(SHAPES)}) (?P<motion>{_alternatives(_MOTION_BY_PHRASE)}|turns (?:{_COLOUR}))"
@@ -41,18 +43,21 @@ _OBJECT = re.compile(
 
 
 def binding_targets(captions: Sequence[str], text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each caption, the byte index of each object's shape word [N, MAX_OBJECTS] (-1 where there is no
-    object) and the object's attributes as indices into `ATTRIBUTES` [N, MAX_OBJECTS, len(ATTRIBUTES)]."""
+    """For each caption, the token index of the last letter of each object's shape word [N, MAX_OBJECTS] (-1
+    where there is no object, or where the token limit cut it) and the object's attributes as indices into
+    `ATTRIBUTES` [N, MAX_OBJECTS, len(ATTRIBUTES)]. World captions are ASCII, so with the byte tokenizer a
+    character's index is its token's; other captions are refused rather than misread."""
     positions = torch.full((len(captions), MAX_OBJECTS), -1, dtype=torch.long)
     labels = torch.zeros((len(captions), MAX_OBJECTS, len(ATTRIBUTES)), dtype=torch.long)
-    size_of_word = {word or "medium": size for size, word in SIZE_WORDS.items()}
     for row, caption in enumerate(captions):
+        if not caption.isascii():
+            raise ValueError(f"not a world caption (non-ASCII): {caption[:60]!r}")
         for column, match in enumerate(_OBJECT.finditer(caption)):
             if column == MAX_OBJECTS or match.end("shape") > text_len - 1:  # the last token is EOS
                 break
             motion = match["motion"]
             values = {"colour": match["colour"], "shape": match["shape"],
-                      "size": size_of_word[match["size"] or "medium"],
+                      "size": _SIZE_BY_WORD.get(match["size"], "medium"),
                       "motion": "colour_change" if motion.startswith("turns ") else _MOTION_BY_PHRASE[motion]}
             positions[row, column] = match.end("shape") - 1
             labels[row, column] = torch.tensor([ATTRIBUTES[name].index(values[name]) for name in ATTRIBUTES])

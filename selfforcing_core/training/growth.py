@@ -2,17 +2,17 @@
 
 A teacher grown this way computes exactly what its source computed, so a deeper text encoder or DiT
 goes on from the source's quality instead of from scratch; the added blocks then learn from there
-(their residual outputs start at zero, so their gradients do not).
+(only their residual output layers get gradients at the first step; the rest follow once those
+leave zero).
 """
 from __future__ import annotations
-
-import re
 
 import torch
 from torch import nn
 
 from ..text_encoder import EncoderBlock
 from ..transformer import DiTBlock
+from ..weights_io import count_blocks
 
 
 def residual_outputs(block: nn.Module) -> list[nn.Linear]:
@@ -24,13 +24,6 @@ def residual_outputs(block: nn.Module) -> list[nn.Linear]:
     raise TypeError(f"no residual outputs known for {type(block).__name__}")
 
 
-def block_count(state: dict[str, torch.Tensor], prefix: str = "blocks.") -> int:
-    """How many blocks `prefix<i>.` a state dict holds."""
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    found = {int(match.group(1)) for key in state if (match := pattern.match(key))}
-    return max(found) + 1 if found else 0
-
-
 @torch.no_grad()
 def load_grown(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> int:
     """Load `state`, saved from a model like `model` with as many blocks or fewer, into `model.blocks`' first
@@ -39,7 +32,7 @@ def load_grown(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> i
     `name` says which model it is in errors (e.g. "DiT"): a source deeper than `model`, or any other
     difference of names or shapes, is refused rather than loaded in part."""
     blocks: nn.ModuleList = model.blocks
-    have, want = block_count(state), len(blocks)
+    have, want = count_blocks(state), len(blocks)
     if have > want:
         raise ValueError(f"the {name} to start from has {have} layers, more than the {want} asked for")
     own = model.state_dict()

@@ -41,8 +41,8 @@ class ModelSizes:
         for name, layers in (("text encoder", text), ("DiT", dit)):
             if layers is not None and layers < 1:
                 raise ValueError(f"{name} layers must be at least 1, not {layers}")
-        return ModelSizes(vae=self.vae, text=replace(self.text, num_layers=text or self.text.num_layers),
-                          dit=replace(self.dit, num_layers=dit or self.dit.num_layers))
+        return replace(self, text=replace(self.text, num_layers=text or self.text.num_layers),
+                       dit=replace(self.dit, num_layers=dit or self.dit.num_layers))
 
 
 WORLD = ModelSizes(

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,14 +19,16 @@ from ..text_encoder_loading import load_text_encoder
 from ..vae_loading import load_wan_vae
 from ..vae_stream import pixels_to_frames
 from ..wan_vae import WanVAE
+from ..weights_io import count_blocks
 from .checkpointing import read_ema_weights
 from .data import (CaptionTokens, LatentBank, ScenePrefetcher, WorldClipBank, build_latent_bank, random_crop,
                    world_clips)
 from .caption_binding import binding_accuracy
 from .evaluation import HELD_OUT_SEED, evaluate_teacher, evaluate_vae, generate_videos
-from .growth import block_count, load_grown
+from .growth import load_grown
 from .model_sizes import PRESETS
-from .teacher_training import Teacher, bank_flow_loss, build_teacher, export_teacher, fixed_draw_loss
+from .teacher_training import (BINDING_PREFIX, Teacher, bank_flow_loss, build_teacher, export_teacher,
+                               fixed_draw_loss, load_binding_heads, save_binding_heads)
 from .trainer import TrainOptions, Trainer, make_accelerator
 from .vae_training import (
     VAEAutoencoder,
@@ -51,6 +53,7 @@ STATS_SEED = 2
 VAE_FILE = "world_vae.safetensors"
 DIT_FILE = "world_teacher.safetensors"
 TEXT_FILE = "world_text_encoder.safetensors"
+HEADS_FILE = "world_binding_heads.safetensors"  # training only: the caption-binding heads, when a run has them
 TEACHER_STATE = "teacher_state"
 BINDING_EVAL_CAPTIONS = 512
 
@@ -242,10 +245,19 @@ def load_teacher_weights(teacher: Teacher, folder: str) -> None:
     teacher deeper than the files grows from them (`growth.load_grown`)."""
     dit = load_transformer(os.path.join(folder, DIT_FILE), dtype=torch.float32).model
     text = load_text_encoder(os.path.join(folder, TEXT_FILE), dtype=torch.float32, text_len=dit.config.text_len)
+    for name, source, target in (("DiT", dit.config, teacher.dit.config),
+                                 ("text encoder", text.encoder.config, teacher.text.config)):
+        if replace(source, num_layers=target.num_layers) != target:
+            raise ValueError(f"the {name} in {folder} differs from the one asked for in more than its depth: "
+                             f"{source} against {target}")
     added_dit = load_grown(teacher.dit, dit.state_dict(), "DiT")
     added_text = load_grown(teacher.text, text.encoder.state_dict(), "text encoder")
     if added_dit or added_text:
         log.info("grown from %s: %d DiT and %d text-encoder layers added as identities", folder, added_dit, added_text)
+    heads = os.path.join(folder, HEADS_FILE)
+    if teacher.binding is not None and os.path.isfile(heads):
+        load_binding_heads(teacher, heads)
+        log.info("caption-binding heads continued from %s", heads)
 
 
 def held_out_losses(teacher: Teacher, bank: LatentBank, vae: WanVAE, tokens: CaptionTokens, config: WorldConfig,
@@ -275,11 +287,11 @@ def snapshot_teacher(run: str, to: str, size: str = "world", resolution: int = 1
     machine can bring home what it has learnt so far. The depths are read from the state; `size` gives the
     widths."""
     weights, step = read_ema_weights(os.path.join(run, TEACHER_STATE))
-    sizes = PRESETS[size].with_layers(block_count(weights, "text.blocks.") or None,
-                                      block_count(weights, "dit.blocks.") or None)
-    teacher = build_teacher(sizes.dit, sizes.text, TEACHER_TRAIN_SEED)
+    sizes = PRESETS[size].with_layers(count_blocks(weights, "text.blocks.") or None,
+                                      count_blocks(weights, "dit.blocks.") or None)
+    teacher = build_teacher(sizes.dit, sizes.text, TEACHER_TRAIN_SEED,
+                            binding=any(name.startswith(BINDING_PREFIX) for name in weights))
     params = dict(teacher.named_parameters())
-    weights = {name: value for name, value in weights.items() if not name.startswith("binding.")}  # training only
     if set(weights) != set(params) or any(weights[name].shape != p.shape for name, p in params.items()):
         raise ValueError(f"the state in {run} does not hold a '{size}' teacher: pass the --size it was trained with")
     with torch.no_grad():
@@ -289,6 +301,8 @@ def snapshot_teacher(run: str, to: str, size: str = "world", resolution: int = 1
     export_teacher(teacher, os.path.join(to, DIT_FILE), os.path.join(to, TEXT_FILE),
                    world_metadata(resolution, resolution, frames, shift,
                                   f"bidirectional teacher (EMA at step {step})"))
+    if teacher.binding is not None:
+        save_binding_heads(teacher, os.path.join(to, HEADS_FILE))
     log.info("teacher snapshot: EMA weights of step %d from %s written to %s", step, run, to)
     return step
 
@@ -327,8 +341,11 @@ def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
     export_teacher(ema, os.path.join(stage.out, DIT_FILE), os.path.join(stage.out, TEXT_FILE),
                    world_metadata(stage.resolution, stage.resolution, stage.frames, stage.shift,
                                   "bidirectional teacher"))
+    if ema.binding is not None:
+        save_binding_heads(ema, os.path.join(stage.out, HEADS_FILE))
+    # final_loss is the training loss: with binding_weight > 0 it includes the weighted binding loss.
     metrics = {"steps": trainer.state.step, "train_seconds": trainer.state.elapsed_seconds, "bank_clips": len(bank),
-               "final_loss": trainer.recent_loss()}
+               "final_loss": trainer.recent_loss(), "binding_weight": stage.binding_weight}
     if stage.loss_clips:
         metrics.update(held_out_losses(ema, bank, vae, tokens, config, stage))
         log.info("teacher: flow loss with fixed draws %.4f on bank clips, %.4f on held-out clips",
@@ -337,7 +354,7 @@ def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
         captions = [scene.caption for scene in sample_scenes(HELD_OUT_SEED, range(BINDING_EVAL_CAPTIONS), config)]
         metrics.update(binding_accuracy(ema.encode_text, ema.binding, *tokens(captions), captions))
         log.info("teacher: caption binding on held-out captions %s", ", ".join(
-            f"{key.split('/')[1]} {value:.3f}" for key, value in metrics.items() if key.startswith("binding_")))
+            f"{key.split('/')[1]} {value:.3f}" for key, value in metrics.items() if key.startswith("binding_accuracy/")))
     if stage.eval_clips:
         began = time.monotonic()
         eval_config = WorldConfig(height=stage.resolution, width=stage.resolution, num_frames=stage.frames)

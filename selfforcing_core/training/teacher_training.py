@@ -52,6 +52,23 @@ class Teacher(nn.Module):
         return prediction, self.binding(text, binding_at)
 
 
+BINDING_PREFIX = "binding."  # the training-only heads' parameters in a teacher's state
+
+
+def save_binding_heads(teacher: Teacher, path: str) -> None:
+    """Save the caption-binding heads beside the exported teacher, so that `--init` continues them too."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().float().contiguous().cpu() for k, v in teacher.binding.state_dict().items()}, path)
+
+
+def load_binding_heads(teacher: Teacher, path: str) -> None:
+    """Load heads saved by `save_binding_heads` into a teacher built with binding heads."""
+    from safetensors.torch import load_file
+
+    teacher.binding.load_state_dict(load_file(path))
+
+
 class BindingBatch(NamedTuple):
     """The caption-binding targets of one batch (`caption_binding.binding_targets`) and the loss's weight."""
 
@@ -129,8 +146,12 @@ def bank_flow_loss(
     by the trainer's generator, plus the caption-binding loss with `binding_weight` > 0 (its targets are
     parsed from the bank's captions once, here)."""
     if binding_weight > 0:
-        positions, labels = (tensor.to(bank.latents.device) for tensor in binding_targets(bank.captions,
-                                                                                           bank.ids.shape[1]))
+        positions, labels = binding_targets(bank.captions, bank.ids.shape[1])
+        unparsed = int((positions < 0).all(dim=1).sum())
+        if unparsed:
+            raise ValueError(f"the caption-binding loss found no object in {unparsed} of {len(bank)} bank captions: "
+                             "it needs the world's captions")
+        positions, labels = positions.to(bank.latents.device), labels.to(bank.latents.device)
 
     def loss_fn(model: nn.Module, generator: torch.Generator, step: int) -> torch.Tensor:
         index = torch.randint(len(bank), (batch,), generator=generator, device=generator.device)

@@ -35,6 +35,7 @@ MIN_OBJECT_CONTRAST = 0.45
 # A colour change must stay this visible at every step of its blend.
 MIN_TRANSITION_CONTRAST = 0.3
 _OBJECT_COUNT_WEIGHTS = (0.45, 0.35, 0.2)
+MOST_OBJECTS = len(_OBJECT_COUNT_WEIGHTS)  # the largest max_objects a world can have
 _BACKGROUND_KIND_WEIGHTS = (0.4, 0.25, 0.2, 0.15)
 _PAN_PROBABILITY = 0.5
 _EDGE_PAD_PX = 2.0
@@ -61,8 +62,8 @@ class WorldConfig:
             )
         if self.num_frames < 5 or (self.num_frames - 1) % 4:
             raise ValueError(f"num_frames must be 1 + 4k with k >= 1; got {self.num_frames}")
-        if not 1 <= self.max_objects <= len(_OBJECT_COUNT_WEIGHTS):
-            raise ValueError(f"max_objects must be 1..{len(_OBJECT_COUNT_WEIGHTS)}; got {self.max_objects}")
+        if not 1 <= self.max_objects <= MOST_OBJECTS:
+            raise ValueError(f"max_objects must be 1..{MOST_OBJECTS}; got {self.max_objects}")
         if self.fps <= 0:
             raise ValueError(f"fps must be positive; got {self.fps}")
 
