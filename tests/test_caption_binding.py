@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from selfforcing_core.training.caption_binding import (ATTRIBUTES, MAX_OBJECTS, BindingHeads, binding_accuracy,
-                                                       binding_loss, binding_targets)
+from selfforcing_core.training.caption_binding import (ATTRIBUTES, BindingHeads, binding_accuracy, binding_loss,
+                                                       binding_targets)
 from selfforcing_core.training.data import CaptionTokens
 from selfforcing_core.training.model_sizes import PRESETS, WORLD_TEXT_LEN
 from selfforcing_core.training.teacher_training import BindingBatch, build_teacher, flow_matching_loss
 from selfforcing_core.training.world import sample_scenes
-from selfforcing_core.training.world_scene import WorldConfig
+from selfforcing_core.training.world_scene import MOST_OBJECTS, WorldConfig
 
 TOY = PRESETS["toy"]
 
@@ -18,7 +18,7 @@ TOY = PRESETS["toy"]
 def test_targets_are_the_scene_parameters():
     scenes = sample_scenes(11, range(400), WorldConfig())
     positions, labels = binding_targets([scene.caption for scene in scenes], WORLD_TEXT_LEN)
-    assert positions.shape == (400, MAX_OBJECTS) and labels.shape == (400, MAX_OBJECTS, len(ATTRIBUTES))
+    assert positions.shape == (400, MOST_OBJECTS) and labels.shape == (400, MOST_OBJECTS, len(ATTRIBUTES))
     assert {len(scene.objects) for scene in scenes} == {1, 2, 3}
     for scene, where, values in zip(scenes, positions, labels):
         assert (where >= 0).sum() == len(scene.objects)
@@ -43,8 +43,8 @@ def test_captions_it_cannot_read_are_refused():
 
 def test_the_loss_counts_only_present_objects_of_kept_captions():
     positions = torch.tensor([[3, -1, -1], [5, 7, -1]])
-    labels = torch.zeros(2, MAX_OBJECTS, len(ATTRIBUTES), dtype=torch.long)
-    logits = {name: torch.zeros(2, MAX_OBJECTS, len(values)) for name, values in ATTRIBUTES.items()}
+    labels = torch.zeros(2, MOST_OBJECTS, len(ATTRIBUTES), dtype=torch.long)
+    logits = {name: torch.zeros(2, MOST_OBJECTS, len(values)) for name, values in ATTRIBUTES.items()}
     for name in ATTRIBUTES:
         logits[name][1, :2, 0] = 50.0  # caption 1 is certain and right
         logits[name][0, 1:, 0] = -50.0  # absent objects are wrong, and must not count

@@ -26,7 +26,6 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "size": tuple(SIZE_WORDS),
     "motion": tuple(MOTION_PHRASES),
 }
-MAX_OBJECTS = MOST_OBJECTS
 
 
 def _alternatives(words: Sequence[str]) -> str:
@@ -43,17 +42,17 @@ _OBJECT = re.compile(
 
 
 def binding_targets(captions: Sequence[str], text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each caption, the token index of the last letter of each object's shape word [N, MAX_OBJECTS] (-1
+    """For each caption, the token index of the last letter of each object's shape word [N, MOST_OBJECTS] (-1
     where there is no object, or where the token limit cut it) and the object's attributes as indices into
-    `ATTRIBUTES` [N, MAX_OBJECTS, len(ATTRIBUTES)]. World captions are ASCII, so with the byte tokenizer a
+    `ATTRIBUTES` [N, MOST_OBJECTS, len(ATTRIBUTES)]. World captions are ASCII, so with the byte tokenizer a
     character's index is its token's; other captions are refused rather than misread."""
-    positions = torch.full((len(captions), MAX_OBJECTS), -1, dtype=torch.long)
-    labels = torch.zeros((len(captions), MAX_OBJECTS, len(ATTRIBUTES)), dtype=torch.long)
+    positions = torch.full((len(captions), MOST_OBJECTS), -1, dtype=torch.long)
+    labels = torch.zeros((len(captions), MOST_OBJECTS, len(ATTRIBUTES)), dtype=torch.long)
     for row, caption in enumerate(captions):
         if not caption.isascii():
             raise ValueError(f"not a world caption (non-ASCII): {caption[:60]!r}")
         for column, match in enumerate(_OBJECT.finditer(caption)):
-            if column == MAX_OBJECTS or match.end("shape") > text_len - 1:  # the last token is EOS
+            if column == MOST_OBJECTS or match.end("shape") > text_len - 1:  # the last token is EOS
                 break
             motion = match["motion"]
             values = {"colour": match["colour"], "shape": match["shape"],
@@ -72,7 +71,7 @@ class BindingHeads(nn.Module):
         self.heads = nn.ModuleDict({name: nn.Linear(dim, len(values)) for name, values in ATTRIBUTES.items()})
 
     def forward(self, text: torch.Tensor, positions: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits [B, MAX_OBJECTS, classes] per attribute from text features [B, L, dim] (positions -1 read
+        """Logits [B, MOST_OBJECTS, classes] per attribute from text features [B, L, dim] (positions -1 read
         index 0; the loss leaves them out)."""
         index = positions.clamp(min=0)[..., None].expand(-1, -1, text.shape[-1])
         at_shapes = torch.gather(text, 1, index)

@@ -20,10 +20,10 @@ from ..vae_loading import load_wan_vae
 from ..vae_stream import pixels_to_frames
 from ..wan_vae import WanVAE
 from ..weights_io import count_blocks
+from .caption_binding import binding_accuracy
 from .checkpointing import read_ema_weights
 from .data import (CaptionTokens, LatentBank, ScenePrefetcher, WorldClipBank, build_latent_bank, random_crop,
                    world_clips)
-from .caption_binding import binding_accuracy
 from .evaluation import HELD_OUT_SEED, evaluate_teacher, evaluate_vae, generate_videos
 from .growth import load_grown
 from .model_sizes import PRESETS

@@ -130,12 +130,12 @@ def flow_matching_loss(
     s = sigma.view(batch, 1, 1, 1, 1).to(latents.dtype)
     noisy = (1.0 - s) * latents + s * noise
     t = (sigma * 1000.0)[:, None].expand(batch, frames)
+    target = (noise - latents).float()
     if binding is None:
-        prediction = teacher(noisy, t, ids, mask)
-        return F.mse_loss(prediction.float(), (noise - latents).float())
+        return F.mse_loss(teacher(noisy, t, ids, mask).float(), target)
     prediction, logits = teacher(noisy, t, ids, mask, binding.positions)
-    flow = F.mse_loss(prediction.float(), (noise - latents).float())
-    return flow + binding.weight * binding_loss(logits, binding.positions, binding.labels, ~drop)
+    return F.mse_loss(prediction.float(), target) + binding.weight * binding_loss(logits, binding.positions,
+                                                                                   binding.labels, ~drop)
 
 
 def bank_flow_loss(
