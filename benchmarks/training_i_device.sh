@@ -6,16 +6,22 @@
 #   bash benchmarks/training_i_device.sh collect WORK OUT   # progress, and the finished files copied to OUT
 #                                                    # (a teacher still training: its latest EMA weights, so
 #                                                    # that a machine taken back between polls keeps them)
+#   bash benchmarks/training_i_device.sh poll WORK OUT [SECONDS]  # waits until the run is done or SECONDS
+#                                                    # (default 540) have passed, then collects; fails at once
+#                                                    # when WORK is gone (a fresh machine: the one that ran it
+#                                                    # was given back between calls), so no call is spent waiting
 #   bash benchmarks/training_i_device.sh stop WORK   # the running stage stops at its next step, then exports and
 #                                                    # evaluates as if its budget were spent (when time runs short)
+# The device returns at most 8 files from OUT: collect writes up to 6 (weights and logs.tgz); put any
+# extra output of the same call into WORK, where logs.tgz picks it up.
 # A stage that fails with --compile is run again without it (it resumes from its saved state).
 # Defaults: VAE 12 min (batch 8, 4096-clip bank), teacher 10 min (batch 128), both compiled.
-# Go on from the committed VAE: VAE_ARGS="--init benchmarks/checkpoints/run10/world_vae.safetensors --lr 3e-4 ..."
-# fine-tunes it; VAE_FILE=benchmarks/checkpoints/run10/world_vae.safetensors trains only the teacher on it
-# (TEACHER_ARGS="--init benchmarks/checkpoints/run10 ..." continues the latest teacher: see training_results.md).
+# Go on from the committed VAE: VAE_ARGS="--init benchmarks/checkpoints/run11/world_vae.safetensors --lr 3e-4 ..."
+# fine-tunes it; VAE_FILE=benchmarks/checkpoints/run11/world_vae.safetensors trains only the teacher on it
+# (TEACHER_ARGS="--init benchmarks/checkpoints/run11 ..." continues the latest teacher: see training_results.md).
 set -u
-MODE=${1:?usage: training_i_device.sh start|collect|stop WORK [OUT]}
-WORK=${2:?usage: training_i_device.sh start|collect|stop WORK [OUT]}
+MODE=${1:?usage: training_i_device.sh start|collect|poll|stop WORK [OUT]}
+WORK=${2:?usage: training_i_device.sh start|collect|poll|stop WORK [OUT]}
 TRAIN="python3 -m selfforcing_core train"
 
 stages() {
@@ -78,6 +84,12 @@ case "$MODE" in
     fi
     tar -czf "$OUT/logs.tgz" -C "$WORK" --exclude='*.safetensors' --exclude='*.npz' --exclude='*_state*' . 2>/dev/null
     ls -la "$OUT"
+    ;;
+  poll)
+    OUT=${3:?usage: training_i_device.sh poll WORK OUT [SECONDS]}
+    [ -f "$WORK/stages.out" ] || { echo "no run in $WORK: this machine is a fresh one, start the run again"; exit 3; }
+    until grep -q -e "done" -e "failed" "$WORK/stages.out" || [ "$SECONDS" -ge "${4:-540}" ]; do sleep 5; done
+    exec bash "$0" collect "$WORK" "$OUT"
     ;;
   stop)  # the stage that runs now, as its attempt wrote it down
     stage=$(cat "$WORK/stage" 2>/dev/null) || { echo "no stage has begun in $WORK yet"; exit 1; }

@@ -82,8 +82,9 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     teacher.add_argument("--init", help="start from the DiT and text encoder exported in this folder (a previous run's "
                                         "--out), to continue training in a new run")
     teacher.add_argument("--text-layers", type=_positive_int,
-                         help="text-encoder depth instead of the --size preset's; with --init from a shallower "
-                              "run, its layers are kept and the added ones start as identities")
+                         help="text-encoder depth instead of the --size preset's (with --init: the folder's); "
+                              "from a shallower --init run, its layers are kept and the added ones start as "
+                              "identities")
     teacher.add_argument("--dit-layers", type=_positive_int, help="DiT depth instead of the preset's (grows as --text-layers)")
     teacher.add_argument("--binding-weight", type=_non_negative_float, default=0.0,
                          help="weight of the caption-binding loss: heads must read each object's colour, shape, "

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from selfforcing_core.checkpoint import load_transformer
 from selfforcing_core.cli import main
 from selfforcing_core.training.model_sizes import PRESETS
-from selfforcing_core.training.stages import DIT_FILE, HEADS_FILE, TEXT_FILE, VAE_FILE, load_teacher_weights
+from selfforcing_core.training.stages import (DIT_FILE, HEADS_FILE, TEXT_FILE, VAE_FILE, init_depths,
+                                              load_teacher_weights)
 from selfforcing_core.training.teacher_training import build_teacher
 from selfforcing_core.training.trainer import TrainOptions, Trainer, make_accelerator
 
@@ -57,6 +58,10 @@ def test_toy_pipeline_end_to_end(tmp_path):
                  "--eval-clips", "0", "--loss-clips", "0", "--init", teacher_dir, "--text-layers", "2",
                  "--dit-layers", "3", "--binding-weight", "0.5"]) == 0
     _check_grown_run(deeper, str(tmp_path / "deeper_snapshot"))
+    again = str(tmp_path / "again")  # going on from a grown run takes its depths from its files
+    assert main(["train", "teacher", "--vae", vae_file, "--out", again, *small, "--bank-clips", "4",
+                 "--eval-clips", "0", "--loss-clips", "0", "--init", deeper, "--binding-weight", "0.5"]) == 0
+    assert init_depths(deeper) == init_depths(again) == (2, 3)
     binding = json.load(open(os.path.join(deeper, "teacher_metrics.json")))
     assert all(0.0 <= binding[f"binding_accuracy/{name}"] <= 1.0 for name in ("colour", "shape", "size", "motion"))
     assert main(["train", "sample", "--out", sample_dir, "--vae", vae_file, "--teacher",

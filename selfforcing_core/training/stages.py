@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors import safe_open
 
 from ..checkpoint import load_transformer
 from ..text_encoder_loading import load_text_encoder
@@ -260,6 +261,13 @@ def load_teacher_weights(teacher: Teacher, folder: str) -> None:
         log.info("caption-binding heads continued from %s", heads)
 
 
+def init_depths(folder: str) -> tuple[int, int]:
+    """The text-encoder and DiT depths of the files in an `--init` folder, read from their keys, so that going
+    on from a grown run needs no `--text-layers` / `--dit-layers`."""
+    with safe_open(os.path.join(folder, TEXT_FILE), "pt") as text, safe_open(os.path.join(folder, DIT_FILE), "pt") as dit:
+        return count_blocks(list(text.keys())), count_blocks(list(dit.keys()))
+
+
 def held_out_losses(teacher: Teacher, bank: LatentBank, vae: WanVAE, tokens: CaptionTokens, config: WorldConfig,
                     stage: TeacherStage) -> dict[str, float]:
     """The fixed-draw flow loss on the bank's first `loss_clips` clips and on as many held-out ones."""
@@ -311,7 +319,8 @@ def run_teacher_stage(stage: TeacherStage) -> dict[str, float]:
     """Encode a latent bank with the trained VAE, train DiT + text encoder, export and evaluate."""
     setup_logging(stage.out, "teacher")
     accelerator = make_accelerator(stage.precision, stage.cpu)
-    sizes = PRESETS[stage.size].with_layers(stage.text_layers, stage.dit_layers)
+    text_layers, dit_layers = init_depths(stage.init) if stage.init else (None, None)
+    sizes = PRESETS[stage.size].with_layers(stage.text_layers or text_layers, stage.dit_layers or dit_layers)
     config = WorldConfig(height=stage.resolution, width=stage.resolution, num_frames=stage.frames)
     vae = load_wan_vae(stage.vae, dtype=torch.float32, device=accelerator.device)
     tokens = CaptionTokens(sizes.text_len)
