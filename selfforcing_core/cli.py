@@ -54,6 +54,9 @@ def add_train_commands(commands: argparse._SubParsersAction) -> None:
     vae.add_argument("--batch", type=int, default=4)
     vae.add_argument("--crop", type=int, default=128, help="train on random square crops of this size (pixels)")
     vae.add_argument("--init", help="start from this exported VAE's weights (continue training in a new run)")
+    vae.add_argument("--decoder-only", action="store_true",
+                     help="train only the decoder of the --init VAE: its encoder, and so the latents that teachers "
+                          "and students were trained on, stay exactly as they are")
     vae.add_argument("--eval-clips", type=int, default=64, help="held-out clips for the PSNR")
     vae.add_argument("--workers", type=int, default=0, help="processes sampling world scenes ahead (0: inline)")
     vae.add_argument("--bank-clips", type=int, default=0,
@@ -149,11 +152,16 @@ def run_train(args: argparse.Namespace) -> int:
     from .training import stages
 
     if args.stage == "vae":
-        stages.run_vae_stage(stages.VAEStage(
-            out=args.out, size=args.size, resolution=args.resolution, frames=args.frames, batch=args.batch,
-            crop=args.crop, init=args.init, train=_train_options(args, 2.5), eval_clips=args.eval_clips,
-            workers=args.workers, bank_clips=args.bank_clips, bank_refresh_every=args.bank_refresh_every,
-            compile=args.compile, precision=args.precision, cpu=args.cpu))
+        try:
+            stage = stages.VAEStage(
+                out=args.out, size=args.size, resolution=args.resolution, frames=args.frames, batch=args.batch,
+                crop=args.crop, init=args.init, decoder_only=args.decoder_only, train=_train_options(args, 2.5),
+                eval_clips=args.eval_clips, workers=args.workers, bank_clips=args.bank_clips,
+                bank_refresh_every=args.bank_refresh_every, compile=args.compile, precision=args.precision,
+                cpu=args.cpu)
+        except ValueError as error:
+            raise SystemExit(f"train vae: {error}") from None
+        stages.run_vae_stage(stage)
     elif args.stage == "teacher":
         stages.run_teacher_stage(stages.TeacherStage(
             out=args.out, vae=args.vae, size=args.size, resolution=args.resolution, frames=args.frames,

@@ -40,6 +40,7 @@ def test_toy_pipeline_end_to_end(tmp_path):
     vae_metrics = json.load(open(os.path.join(vae_dir, "vae_metrics.json")))
     assert vae_metrics["steps"] == 2 and vae_metrics["truth/colour_accuracy"] == 1.0
     vae_file = os.path.join(vae_dir, VAE_FILE)
+    _check_decoder_only(vae_file, str(tmp_path / "decoder"), small)
     assert main(["train", "teacher", "--vae", vae_file, "--out", teacher_dir, *small, "--bank-clips", "4",
                  "--eval-clips", "2", "--eval-steps", "3", "--loss-clips", "3"]) == 0
     metrics = json.load(open(os.path.join(teacher_dir, "teacher_metrics.json")))
@@ -84,6 +85,24 @@ def _check_snapshot(teacher_dir: str, snapshot_dir: str) -> None:
         metadata = dit.metadata()
     assert metadata["kind"] == "bidirectional teacher (EMA at step 2)"
     assert metadata["resolution"] == "32x32" and metadata["num_frames"] == "5"
+
+
+def _check_decoder_only(vae_file: str, out: str, small: list[str]) -> None:
+    """A decoder-only run changes the decoder and leaves every weight the latents depend on, and the record
+    of the statistics folded into them, exactly as they were."""
+    assert main(["train", "vae", "--out", out, *small, "--crop", "32", "--eval-clips", "1", "--bank-clips", "4",
+                 "--init", vae_file, "--decoder-only", "--lr", "1e-2"]) == 0
+    with safe_open(vae_file, "pt") as source, safe_open(os.path.join(out, VAE_FILE), "pt") as tuned:
+        assert source.keys() == tuned.keys()
+        assert source.metadata()["latent_stats_folded"] == tuned.metadata()["latent_stats_folded"]
+        moved = {key for key in source.keys() if not torch.equal(source.get_tensor(key), tuned.get_tensor(key))}
+    assert moved and all(key.startswith(("decoder.", "conv2.")) for key in moved), sorted(moved)
+    assert json.load(open(os.path.join(out, "vae_metrics.json")))["steps"] == 2
+
+
+def test_decoder_only_needs_a_vae_to_start_from(capsys):
+    with pytest.raises(SystemExit, match="give it --init"):
+        main(["train", "vae", "--out", "x", "--decoder-only"])
 
 
 def _grown_toy():

@@ -70,6 +70,7 @@ class VAEStage:
     batch: int = 4
     crop: int = 128
     init: str | None = None
+    decoder_only: bool = False
     train: TrainOptions = field(default_factory=lambda: TrainOptions(lr=1e-3, ema_decay=0.995, minutes=2.5))
     eval_clips: int = 64
     stats_clips: int = 128
@@ -79,6 +80,10 @@ class VAEStage:
     compile: bool = False
     precision: str = "auto"
     cpu: bool = False
+
+    def __post_init__(self) -> None:
+        if self.decoder_only and not self.init:
+            raise ValueError("--decoder-only fine-tunes the decoder of an exported VAE: give it --init")
 
 
 @dataclass
@@ -204,7 +209,7 @@ def run_vae_stage(stage: VAEStage) -> dict[str, float]:
     if stage.compile:
         vae.encoder.compile()
         vae.decoder.compile()
-    autoencoder = VAEAutoencoder(vae)
+    autoencoder = VAEAutoencoder(vae, train_encoder=not stage.decoder_only)
     trainer = Trainer(autoencoder, stage.train, accelerator, os.path.join(stage.out, "vae_state"))
     trainer.resume()
     clips = vae_clip_source(stage, config, accelerator)
@@ -218,11 +223,15 @@ def run_vae_stage(stage: VAEStage) -> dict[str, float]:
     if not accelerator.is_main_process:
         return {}
     vae = trainer.ema_model().vae
-    stats_videos = [world_clips(STATS_SEED, range(i, i + 16), config, vae.device)[0]
-                    for i in range(0, stage.stats_clips, 16)]
-    set_latent_statistics(vae, *latent_statistics(vae, stats_videos))
     path = os.path.join(stage.out, VAE_FILE)
-    export_vae(vae, path)
+    if stage.decoder_only:  # same encoder, same latents: the statistics folded into the --init file still hold
+        with safe_open(stage.init, "pt") as source:
+            export_vae(vae, path, folded_stats=(source.metadata() or {}).get("latent_stats_folded"))
+    else:
+        stats_videos = [world_clips(STATS_SEED, range(i, i + 16), config, vae.device)[0]
+                        for i in range(0, stage.stats_clips, 16)]
+        set_latent_statistics(vae, *latent_statistics(vae, stats_videos))
+        export_vae(vae, path)
     exported = load_wan_vae(path, dtype=torch.float32, device=vae.device)
     eval_config = WorldConfig(height=stage.resolution, width=stage.resolution)
     metrics = evaluate_vae(exported, stage.eval_clips, eval_config)

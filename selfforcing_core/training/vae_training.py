@@ -51,14 +51,22 @@ def vae_reconstruct(vae: WanVAE, z: torch.Tensor) -> torch.Tensor:
 
 
 class VAEAutoencoder(nn.Module):
-    """A WanVAE with a training forward, so that DDP can wrap it: video -> (reconstruction, mu, logvar)."""
+    """A WanVAE with a training forward, so that DDP can wrap it: video -> (reconstruction, mu, logvar).
 
-    def __init__(self, vae: WanVAE):
+    With `train_encoder` False the encoder and `conv1` are frozen and run without gradients: only the decoder
+    learns, and the latents every model trained on this VAE relies on stay exactly what they were."""
+
+    def __init__(self, vae: WanVAE, train_encoder: bool = True):
         super().__init__()
         self.vae = vae
+        self.train_encoder = train_encoder
+        if not train_encoder:
+            vae.encoder.requires_grad_(False)
+            vae.conv1.requires_grad_(False)
 
     def forward(self, video: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        mu, logvar = vae_moments(self.vae, video)
+        with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
+            mu, logvar = vae_moments(self.vae, video)
         eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=torch.float32)
         z = mu + eps.to(mu.dtype) * (0.5 * logvar).exp()
         return vae_reconstruct(self.vae, z), mu, logvar
@@ -143,15 +151,16 @@ def folded_state_dict(vae: WanVAE) -> dict[str, torch.Tensor]:
     return state
 
 
-def export_vae(vae: WanVAE, path: str, dtype: torch.dtype = torch.float16) -> None:
-    """Save (on CPU) a standard Wan2.1-layout VAE file (statistics folded in) with its config as metadata."""
+def export_vae(vae: WanVAE, path: str, dtype: torch.dtype = torch.float16, folded_stats: str | None = None) -> None:
+    """Save (on CPU) a standard Wan2.1-layout VAE file (statistics folded in) with its config as metadata.
+
+    `folded_stats` is the metadata's record of the statistics folded in, for a VAE loaded from a file that
+    already had them folded (its own config then holds Wan2.1's): pass that file's record on."""
     from safetensors.torch import save_file
 
     config = replace(vae.config, latent_mean=WAN21_LATENT_MEAN, latent_std=WAN21_LATENT_STD)
-    metadata = {
-        "config": json.dumps(config.to_dict()),
-        "latent_stats_folded": json.dumps({"mean": vae.config.latent_mean, "std": vae.config.latent_std}),
-    }
+    own = json.dumps({"mean": vae.config.latent_mean, "std": vae.config.latent_std})
+    metadata = {"config": json.dumps(config.to_dict()), "latent_stats_folded": folded_stats or own}
     tensors = {key: value.to(dtype).contiguous() for key, value in folded_state_dict(vae).items()}
     save_file(tensors, path, metadata=metadata)
 
