@@ -1,6 +1,8 @@
 """Resumable training: an interrupted run, resumed from its checkpoint, equals an uninterrupted one."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -75,6 +77,43 @@ def test_a_stop_file_written_during_a_run_ends_it_saved_and_is_consumed(tmp_path
     assert not (tmp_path / STOP_FILE).exists()
     resumed, _ = _trainer(str(tmp_path / "state"), steps=1000)
     assert resumed.resume() and resumed.state.step == 3
+
+
+def _all_finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def test_a_step_with_a_non_finite_loss_is_skipped_and_the_weights_and_ema_stay_finite(tmp_path, caplog):
+    trainer, loss_fn = _trainer(str(tmp_path / "state"), steps=4)
+
+    def overflow_at_second_step(model, generator, step):
+        loss = loss_fn(model, generator, step)
+        return loss * float("inf") if step == 1 else loss
+
+    losses = [float(trainer.step(overflow_at_second_step)) for _ in range(4)]
+
+    assert not math.isfinite(losses[1]) and all(math.isfinite(v) for v in losses[::2] + losses[3:])
+    assert _all_finite(trainer.unwrapped.parameters()) and _all_finite(trainer.ema.shadow.values())
+    assert int(trainer.skipped) == 1
+    assert math.isfinite(trainer.recent_loss())
+    trainer.check_skipped("toy")  # one bad step of four: a warning, and the run goes on
+    assert "skipped 1 of the last 4 steps" in caplog.text and int(trainer.skipped) == 0
+
+
+def test_a_run_whose_every_step_is_non_finite_stops_with_an_error(tmp_path):
+    trainer, loss_fn = _trainer(str(tmp_path / "state"), steps=100)
+    before = [p.detach().clone() for p in trainer.unwrapped.parameters()]
+
+    with pytest.raises(FloatingPointError, match="every step of the last 1 up to step 1"):
+        trainer.run(lambda model, generator, step: loss_fn(model, generator, step) * float("nan"), "toy")
+
+    assert trainer.state.step == 1
+    after = list(trainer.unwrapped.parameters())
+    assert _all_finite(after)
+    # AdamW's first step from zero moments and a zero gradient leaves only the weight decay.
+    decay = 1.0 - trainer.optimizer.param_groups[0]["lr"] * trainer.options.weight_decay
+    for a, b in zip(before, after):
+        assert torch.allclose(b, a * decay, atol=1e-7)
 
 
 class _TwoProcessAccelerator:

@@ -104,6 +104,9 @@ def add_distillation_stages(stages: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--sink-frames", type=int, help="override the model's attention sink (latent frames)")
     evaluate.add_argument("--teacher-steps", type=int, default=30)
     evaluate.add_argument("--guidance", type=float, default=5.0)
+    evaluate.add_argument("--teacher-draws", choices=("distill", "teacher"), default="distill",
+                          help="noise of the --teacher samples: Training II's evaluations' or the one `train "
+                               "teacher` scores itself with at its end (to redo that figure)")
     evaluate.add_argument("--samples", type=int, default=2, help="clips of each run kept in samples_<label>.npz")
     evaluate.add_argument("--workers", type=int, default=0, help="evaluator processes (0: inline)")
     evaluate.add_argument("--cpu", action="store_true")
@@ -141,8 +144,8 @@ def run_distillation_stage(args: argparse.Namespace) -> int:
             clips=args.clips, long_clips=args.long_clips,
             keyframe_modes=tuple(m for m in args.keyframes.split(",") if m), end_strength=args.end_strength,
             local_window=args.local_window, sink_frames=args.sink_frames,
-            teacher_steps=args.teacher_steps, guidance=args.guidance, samples=args.samples, workers=args.workers,
-            cpu=args.cpu))
+            teacher_steps=args.teacher_steps, guidance=args.guidance, teacher_draws=args.teacher_draws,
+            samples=args.samples, workers=args.workers, cpu=args.cpu))
     else:
         method = args.method if args.stage == "baseline" else "self_forcing"
         options = DistillOptions(method=method, batch=args.batch, critic_steps=args.critic_steps,

@@ -38,6 +38,9 @@ PAIRS_FILE = "ode_pairs.safetensors"
 INIT_FILE = "causal_init.safetensors"
 BANK_SEED = 11  # a training stream of its own (the teacher's bank used seed 2 and up)
 EVAL_SEED = 7
+# The noise behind each evaluation's teacher samples: Training II's own, or the draws the teacher stage scores
+# itself with at the end of `train teacher` (seed 0 for its first batch of 50), so both figures can be redone.
+TEACHER_DRAW_SEEDS = {"distill": EVAL_SEED, "teacher": 0}
 
 
 def student_settings(shift: float) -> CausalSettings:
@@ -292,6 +295,7 @@ class EvaluateStage:
     sink_frames: int | None = None
     teacher_steps: int = 30
     guidance: float = 5.0
+    teacher_draws: str = "distill"
     samples: int = 2
     workers: int = 0
     cpu: bool = False
@@ -339,10 +343,11 @@ def run_evaluate_stage(stage: EvaluateStage) -> dict[str, dict[str, float]]:
         if stage.truth:
             record(f"truth_{length}x", truth, scenes)
         if stage.teacher and length == 1:
+            first_seed = TEACHER_DRAW_SEEDS[stage.teacher_draws]
             videos = torch.cat([
                 generate_videos(loaded.model, decoding.encode, decoding.vae, decoding.tokens,
                                 [s.caption for s in scenes[first:first + 50]], world.config(), stage.teacher_steps,
-                                stage.guidance, world.shift, EVAL_SEED + first).cpu()
+                                stage.guidance, world.shift, first_seed + first).cpu()
                 for first in range(0, len(scenes), 50)])
             record("teacher_1x", videos, scenes)
         if stage.model:

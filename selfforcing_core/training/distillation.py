@@ -131,6 +131,8 @@ class Distillation:
             self.generator.state.elapsed_seconds = self.critic.state.elapsed_seconds = elapsed
             iteration = self.critic.state.step
             if iteration % log_every == 0:
+                self.generator.check_skipped(f"{self.options.method} generator")
+                self.critic.check_skipped(f"{self.options.method} critic")
                 log.info("%s iteration %d (generator step %d) %s %.0fs", self.options.method, iteration,
                          self.generator.state.step, " ".join(f"{k} {v:.4f}" for k, v in sorted(self.summary().items())),
                          elapsed)

@@ -81,7 +81,9 @@ class Trainer:
         self.generator = torch.Generator(accelerator.device)
         self.generator.manual_seed(options.seed * 1000 + accelerator.process_index)
         self.state = TrainingState()
-        self.losses: list[float] = []
+        self.losses: list[torch.Tensor] = []
+        self.skipped = torch.zeros((), dtype=torch.long, device=accelerator.device)  # since `checked_step`
+        self.checked_step = 0
 
     @property
     def unwrapped(self) -> nn.Module:
@@ -102,6 +104,7 @@ class Trainer:
         if self.state_path is None or not has_training_state(self.state_path):
             return False
         self.state = load_training_state(self.state_path, self.unwrapped, self.ema, self.optimizer, self.generator)
+        self.checked_step = self.state.step
         log.info("resumed from %s at step %d", self.state_path, self.state.step)
         return True
 
@@ -127,7 +130,8 @@ class Trainer:
     def step(self, loss_fn: Callable[[nn.Module, torch.Generator, int], torch.Tensor]) -> torch.Tensor:
         """One optimisation step on `loss_fn(model, generator, step)`; returns the (detached) loss.
 
-        Nothing here waits for the GPU, so the host queues the next step while this one runs.
+        Nothing here waits for the GPU, so the host queues the next step while this one runs. A step whose
+        loss or gradients are not finite is skipped (see `_zero_non_finite`).
         """
         lr = self.learning_rate()
         for group in self.optimizer.param_groups:
@@ -138,7 +142,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         if self.options.grad_clip:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        if self.accelerator.scaler is None:  # fp16's grad scaler skips such steps itself, and must see them
+            self._zero_non_finite(torch.isfinite(loss.detach()) & torch.isfinite(norm))
         self.optimizer.step()
         self.ema.update(self.unwrapped)
         self.state.step += 1
@@ -146,9 +154,41 @@ class Trainer:
         del self.losses[:-self.options.log_every]
         return self.losses[-1]
 
+    def _zero_non_finite(self, finite: torch.Tensor) -> None:
+        """Replace every gradient by zeros unless `finite`, without waiting for the GPU.
+
+        One batch that overflows (bf16 activations, a rare extreme sample) would otherwise write NaN into the
+        weights, then the EMA and every later checkpoint, losing the whole run. The optimizer still steps on
+        the zero gradients: the weights move only by the decayed momentum, as if the batch had been empty.
+        """
+        for param in self.model.parameters():
+            if param.grad is not None:
+                param.grad = torch.where(finite, param.grad, torch.zeros_like(param.grad))
+        self.skipped += (~finite).long()
+
     def recent_loss(self) -> float:
-        """Mean loss over the last `log_every` steps (NaN before the first step)."""
-        return float(torch.stack(self.losses).float().mean()) if self.losses else float("nan")
+        """Mean finite loss over the last `log_every` steps (NaN before the first step or if none was finite)."""
+        if not self.losses:
+            return float("nan")
+        losses = torch.stack(self.losses).float()
+        return float(losses[torch.isfinite(losses)].mean())
+
+    def check_skipped(self, desc: str) -> None:
+        """Log the steps skipped since the last call; stop the run when every one of them was.
+
+        A run whose every recent step is non-finite has diverged (the weights themselves overflow): going on
+        would only spend the budget, and the last saved state is still the good one.
+        """
+        skipped, steps = int(self.skipped), self.state.step - self.checked_step
+        self.skipped.zero_()
+        self.checked_step = self.state.step
+        if not skipped:
+            return
+        log.warning("%s: skipped %d of the last %d steps (non-finite loss or gradients)", desc, skipped, steps)
+        if skipped >= steps:
+            raise FloatingPointError(
+                f"{desc}: every step of the last {steps} up to step {self.state.step} had a non-finite loss or "
+                f"gradients; the saved state ({self.state_path}) keeps the last good weights")
 
     @property
     def stop_path(self) -> str | None:
@@ -187,6 +227,7 @@ class Trainer:
             self.state.elapsed_seconds = time.monotonic() - started
             bar.update(1)
             if self.state.step % self.options.log_every == 0:
+                self.check_skipped(desc)
                 loss = self.recent_loss()
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.learning_rate():.2e}", refresh=False)
                 log.info("%s step %d loss %.5f lr %.2e %.0fs", desc, self.state.step, loss, self.learning_rate(),
