@@ -23,10 +23,11 @@ def _bank(tokens: CaptionTokens) -> LatentBank:
     return LatentBank(latents, ids, mask, CAPTIONS)
 
 
-def _trainer(state_path: str, steps: int) -> tuple[Trainer, object]:
+def _trainer(state_path: str, steps: int, **changes) -> tuple[Trainer, object]:
     tokens = CaptionTokens(TOY.text_len)
     bank = _bank(tokens)
-    options = TrainOptions(lr=1e-3, warmup_steps=2, steps=steps, checkpoint_every=1000, log_every=1, ema_decay=0.9)
+    options = TrainOptions(**{"lr": 1e-3, "warmup_steps": 2, "steps": steps, "checkpoint_every": 1000, "log_every": 1,
+                              "ema_decay": 0.9, **changes})
     trainer = Trainer(toy_teacher(), options, make_accelerator("no", cpu=True), state_path)
 
     def loss_fn(model, generator, step):
@@ -100,19 +101,30 @@ def test_a_step_with_a_non_finite_loss_is_skipped_and_the_weights_and_ema_stay_f
     assert "skipped 1 of the last 4 steps" in caplog.text and int(trainer.skipped) == 0
 
 
+def test_isolated_non_finite_steps_never_stop_a_run(tmp_path):
+    trainer, loss_fn = _trainer(str(tmp_path / "state"), steps=8, diverged_after=2)
+
+    trainer.run(lambda model, generator, step: loss_fn(model, generator, step) * (float("nan") if step % 2 else 1.0),
+                "toy")
+
+    assert trainer.state.step == 8 and _all_finite(trainer.unwrapped.parameters())
+
+
 def test_a_run_whose_every_step_is_non_finite_stops_with_an_error(tmp_path):
-    trainer, loss_fn = _trainer(str(tmp_path / "state"), steps=100)
+    trainer, loss_fn = _trainer(str(tmp_path / "state"), steps=100, diverged_after=3)
     before = [p.detach().clone() for p in trainer.unwrapped.parameters()]
+    rates = []
 
-    with pytest.raises(FloatingPointError, match="every step of the last 1 up to step 1"):
-        trainer.run(lambda model, generator, step: loss_fn(model, generator, step) * float("nan"), "toy")
+    def diverged(model, generator, step):
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+        return loss_fn(model, generator, step) * float("nan")
 
-    assert trainer.state.step == 1
-    after = list(trainer.unwrapped.parameters())
-    assert _all_finite(after)
-    # AdamW's first step from zero moments and a zero gradient leaves only the weight decay.
-    decay = 1.0 - trainer.optimizer.param_groups[0]["lr"] * trainer.options.weight_decay
-    for a, b in zip(before, after):
+    with pytest.raises(FloatingPointError, match="the last 3 steps up to step 3"):
+        trainer.run(diverged, "toy")
+
+    # With zero gradients from the start, AdamW's moments stay zero: only the weight decay moved the weights.
+    decay = math.prod(1.0 - lr * trainer.options.weight_decay for lr in rates)
+    for a, b in zip(before, trainer.unwrapped.parameters()):
         assert torch.allclose(b, a * decay, atol=1e-7)
 
 

@@ -46,6 +46,7 @@ class TrainOptions:
     checkpoint_every: int = 500
     log_every: int = 50
     seed: int = 0
+    diverged_after: int = 50  # this many non-finite steps in a row end the run (see `Trainer.check_skipped`)
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.minutes is None):
@@ -82,7 +83,9 @@ class Trainer:
         self.generator.manual_seed(options.seed * 1000 + accelerator.process_index)
         self.state = TrainingState()
         self.losses: list[torch.Tensor] = []
-        self.skipped = torch.zeros((), dtype=torch.long, device=accelerator.device)  # since `checked_step`
+        # Non-finite steps: how many since `checked_step` (the last `check_skipped`), and how many of the latest.
+        self.skipped = torch.zeros((), dtype=torch.long, device=accelerator.device)
+        self.skipped_in_a_row = torch.zeros_like(self.skipped)
         self.checked_step = 0
 
     @property
@@ -131,7 +134,7 @@ class Trainer:
         """One optimisation step on `loss_fn(model, generator, step)`; returns the (detached) loss.
 
         Nothing here waits for the GPU, so the host queues the next step while this one runs. A step whose
-        loss or gradients are not finite is skipped (see `_zero_non_finite`).
+        loss or gradients are not finite is skipped (see `_zero_non_finite`; under fp16 the grad scaler does it).
         """
         lr = self.learning_rate()
         for group in self.optimizer.param_groups:
@@ -141,12 +144,14 @@ class Trainer:
             loss = loss_fn(self.model, self.generator, self.state.step)
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
-        if self.options.grad_clip:
-            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
         if self.accelerator.scaler is None:  # fp16's grad scaler skips such steps itself, and must see them
+            if self.options.grad_clip:
+                norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
+            else:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
             self._zero_non_finite(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+        elif self.options.grad_clip:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
         self.optimizer.step()
         self.ema.update(self.unwrapped)
         self.state.step += 1
@@ -155,16 +160,20 @@ class Trainer:
         return self.losses[-1]
 
     def _zero_non_finite(self, finite: torch.Tensor) -> None:
-        """Replace every gradient by zeros unless `finite`, without waiting for the GPU.
+        """Zero every gradient unless `finite` (on every process), without waiting for the GPU.
 
         One batch that overflows (bf16 activations, a rare extreme sample) would otherwise write NaN into the
         weights, then the EMA and every later checkpoint, losing the whole run. The optimizer still steps on
-        the zero gradients: the weights move only by the decayed momentum, as if the batch had been empty.
+        the zero gradients: its momentum and weight decay move the weights a little, no batch does.
         """
+        if self.accelerator.num_processes > 1:  # the gradients are shared, the loss is not: all skip or none
+            finite = self.accelerator.reduce(finite.float(), "min") > 0
         for param in self.model.parameters():
             if param.grad is not None:
-                param.grad = torch.where(finite, param.grad, torch.zeros_like(param.grad))
-        self.skipped += (~finite).long()
+                param.grad.masked_fill_(~finite, 0.0)
+        bad = (~finite).long()
+        self.skipped += bad
+        self.skipped_in_a_row.mul_(bad).add_(bad)
 
     def recent_loss(self) -> float:
         """Mean finite loss over the last `log_every` steps (NaN before the first step or if none was finite)."""
@@ -174,21 +183,22 @@ class Trainer:
         return float(losses[torch.isfinite(losses)].mean())
 
     def check_skipped(self, desc: str) -> None:
-        """Log the steps skipped since the last call; stop the run when every one of them was.
+        """Log the steps skipped since the last call; stop the run after `diverged_after` of them in a row.
 
         A run whose every recent step is non-finite has diverged (the weights themselves overflow): going on
-        would only spend the budget, and the last saved state is still the good one.
+        would only spend the budget, and the weights are still the last finite ones.
         """
-        skipped, steps = int(self.skipped), self.state.step - self.checked_step
+        skipped, in_a_row = int(self.skipped), int(self.skipped_in_a_row)
+        steps = self.state.step - self.checked_step
         self.skipped.zero_()
         self.checked_step = self.state.step
         if not skipped:
             return
         log.warning("%s: skipped %d of the last %d steps (non-finite loss or gradients)", desc, skipped, steps)
-        if skipped >= steps:
+        if in_a_row >= self.options.diverged_after:
             raise FloatingPointError(
-                f"{desc}: every step of the last {steps} up to step {self.state.step} had a non-finite loss or "
-                f"gradients; the saved state ({self.state_path}) keeps the last good weights")
+                f"{desc}: the last {in_a_row} steps up to step {self.state.step} all had a non-finite loss or "
+                f"gradients; the weights are those before them, and the last checkpoint is in {self.state_path}")
 
     @property
     def stop_path(self) -> str | None:
