@@ -25,7 +25,7 @@ from .causal_eval import Decoding, Scorer, causal_videos, held_out
 from .causal_init import ode_regression_loss
 from .data import CaptionTokens
 from .distillation import Distillation, DistillOptions
-from .evaluation import generate_videos
+from .evaluation import TEACHER_STAGE_SEED, teacher_videos
 from .latent_bank import ClipBank, build_clip_bank
 from .ode_pairs import ODEPairs, make_ode_pairs
 from .stages import setup_logging, world_metadata, write_json
@@ -39,8 +39,8 @@ INIT_FILE = "causal_init.safetensors"
 BANK_SEED = 11  # a training stream of its own (the teacher's bank used seed 2 and up)
 EVAL_SEED = 7
 # The noise behind each evaluation's teacher samples: Training II's own, or the draws the teacher stage scores
-# itself with at the end of `train teacher` (seed 0 for its first batch of 50), so both figures can be redone.
-TEACHER_DRAW_SEEDS = {"distill": EVAL_SEED, "teacher": 0}
+# itself with at the end of `train teacher`, so both figures can be redone.
+TEACHER_DRAW_SEEDS = {"distill": EVAL_SEED, "teacher": TEACHER_STAGE_SEED}
 
 
 def student_settings(shift: float) -> CausalSettings:
@@ -343,12 +343,9 @@ def run_evaluate_stage(stage: EvaluateStage) -> dict[str, dict[str, float]]:
         if stage.truth:
             record(f"truth_{length}x", truth, scenes)
         if stage.teacher and length == 1:
-            first_seed = TEACHER_DRAW_SEEDS[stage.teacher_draws]
-            videos = torch.cat([
-                generate_videos(loaded.model, decoding.encode, decoding.vae, decoding.tokens,
-                                [s.caption for s in scenes[first:first + 50]], world.config(), stage.teacher_steps,
-                                stage.guidance, world.shift, first_seed + first).cpu()
-                for first in range(0, len(scenes), 50)])
+            videos = teacher_videos(loaded.model, decoding.encode, decoding.vae, decoding.tokens, scenes,
+                                    world.config(), stage.teacher_steps, stage.guidance, world.shift,
+                                    TEACHER_DRAW_SEEDS[stage.teacher_draws])
             record("teacher_1x", videos, scenes)
         if stage.model:
             record(f"text_{length}x", causal_videos(loaded.model, settings, decoding, scenes, truth,

@@ -1,6 +1,8 @@
 """Scoring trained models with the world's evaluator: VAE reconstructions and teacher samples."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -74,6 +76,21 @@ def generate_videos(
     return vae.decode(latents.to(vae.dtype), chunk_frames=3).float().clamp(-1.0, 1.0).transpose(1, 2)
 
 
+TEACHER_STAGE_SEED = 0  # the noise seed of the teacher stage's own evaluation (batch i: seed + i * batch_size)
+
+
+def teacher_videos(dit: CausalWanModel, text: UMT5Encoder, vae: WanVAE, tokens: CaptionTokens,
+                   scenes: Sequence[SceneParams], config: WorldConfig, steps: int, guidance: float, shift: float,
+                   seed: int, batch_size: int = 50) -> torch.Tensor:
+    """Teacher samples of the scenes' captions in batches, batch i drawn with noise seed `seed + i * batch_size`
+    (so the same scenes and seed give the same videos whichever evaluation asks)."""
+    return torch.cat([
+        generate_videos(dit, text, vae, tokens, [s.caption for s in scenes[first : first + batch_size]], config,
+                        steps, guidance, shift, seed + first).cpu()
+        for first in range(0, len(scenes), batch_size)
+    ])
+
+
 def evaluate_teacher(
     teacher: Teacher,
     vae: WanVAE,
@@ -87,11 +104,8 @@ def evaluate_teacher(
 ) -> tuple[dict[str, float], torch.Tensor, list[SceneParams]]:
     """Adherence of teacher samples for `count` held-out captions; also the videos and their scenes."""
     scenes = sample_scenes(HELD_OUT_SEED, range(count), config)
-    videos = torch.cat([
-        generate_videos(teacher.dit, teacher.text, vae, tokens, [s.caption for s in scenes[first : first + batch_size]],
-                        config, steps, guidance, shift, first)
-        for first in range(0, count, batch_size)
-    ])
+    videos = teacher_videos(teacher.dit, teacher.text, vae, tokens, scenes, config, steps, guidance, shift,
+                            TEACHER_STAGE_SEED, batch_size)
     metrics = adherence(videos, scenes)
     metrics.update({"sample_steps": float(steps), "guidance": guidance, "shift": shift})
     return metrics, videos, scenes

@@ -144,14 +144,12 @@ class Trainer:
             loss = loss_fn(self.model, self.generator, self.state.step)
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
+        if self.options.grad_clip:
+            norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
         if self.accelerator.scaler is None:  # fp16's grad scaler skips such steps itself, and must see them
-            if self.options.grad_clip:
-                norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
-            else:
+            if not self.options.grad_clip:
                 norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
             self._zero_non_finite(torch.isfinite(loss.detach()) & torch.isfinite(norm))
-        elif self.options.grad_clip:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
         self.optimizer.step()
         self.ema.update(self.unwrapped)
         self.state.step += 1
