@@ -7,7 +7,7 @@ cannot tell whose colour is whose; one that binds words to their object can. The
 untrained encoder of the same shape (the teacher's initialisation) is the reference: the context its random attention
 mixes into each byte. Prints accuracies by object count (chance: 10 % for colour, 7 % for motion).
 
-    python benchmarks/probe_text_binding.py --text-encoder benchmarks/checkpoints/run13/world_text_encoder.safetensors
+    python benchmarks/probe_text_binding.py --text-encoder benchmarks/checkpoints/run14/world_text_encoder.safetensors
 """
 from __future__ import annotations
 

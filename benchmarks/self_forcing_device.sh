@@ -20,7 +20,7 @@
 set -u
 OUT=${1:?usage: self_forcing_device.sh OUT}
 WORK=${WORK:-/tmp/self_forcing}
-MODELS=${MODELS:-benchmarks/checkpoints/run13}  # VAE, teacher and text encoder of one Training I run
+MODELS=${MODELS:-benchmarks/checkpoints/run14}  # VAE, teacher and text encoder of one Training I run
 TRAIN="python3 -m selfforcing_core.training.distill_cli"
 FROZEN="--teacher $MODELS/world_teacher.safetensors --text-encoder $MODELS/world_text_encoder.safetensors"
 EVAL="--out $WORK --vae $MODELS/world_vae.safetensors --text-encoder $MODELS/world_text_encoder.safetensors

@@ -16,9 +16,9 @@
 # extra output of the same call into WORK, where logs.tgz picks it up.
 # A stage that fails with --compile is run again without it (it resumes from its saved state).
 # Defaults: VAE 12 min (batch 8, 4096-clip bank), teacher 10 min (batch 128), both compiled.
-# Go on from the committed VAE: VAE_ARGS="--init benchmarks/checkpoints/run13/world_vae.safetensors --lr 3e-4 ..."
-# fine-tunes it; VAE_FILE=benchmarks/checkpoints/run13/world_vae.safetensors trains only the teacher on it
-# (TEACHER_ARGS="--init benchmarks/checkpoints/run13 ..." continues the latest teacher: see training_results.md).
+# Go on from the committed VAE: VAE_ARGS="--init benchmarks/checkpoints/run14/world_vae.safetensors --lr 3e-4 ..."
+# fine-tunes it; VAE_FILE=benchmarks/checkpoints/run14/world_vae.safetensors trains only the teacher on it
+# (TEACHER_ARGS="--init benchmarks/checkpoints/run14 ..." continues the latest teacher: see training_results.md).
 set -u
 MODE=${1:?usage: training_i_device.sh start|collect|poll|stop WORK [OUT]}
 WORK=${2:?usage: training_i_device.sh start|collect|poll|stop WORK [OUT]}
