@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -11,10 +12,16 @@ import torch
 from selfforcing_core.checkpoint import load_transformer
 from selfforcing_core.cli import main
 from selfforcing_core.keyframe_prefix import trained_with_goal
+from selfforcing_core.training.causal_eval import video_bytes
+from selfforcing_core.training.data import CaptionTokens
 from selfforcing_core.training.distill_cli import main as distill_main
+from selfforcing_core.training.distill_stages import load_dit, load_text
+from selfforcing_core.training.evaluation import evaluate_teacher
 from selfforcing_core.training.model_sizes import TOY
 from selfforcing_core.training.teacher_training import Teacher, export_teacher, init_teacher
 from selfforcing_core.training.vae_training import export_vae
+from selfforcing_core.training.world_scene import WorldConfig
+from selfforcing_core.vae_loading import load_wan_vae
 from selfforcing_core.wan_vae import WanVAE
 
 
@@ -110,14 +117,6 @@ def test_training_ii_steps_run_under_bf16_autocast(tmp_path, fresh_accelerate_st
 
 def test_teacher_draws_redo_the_teacher_stage_samples(tmp_path):
     """`--teacher-draws teacher` samples with the noise `train teacher` scores itself with; the default doesn't."""
-    from types import SimpleNamespace
-
-    from selfforcing_core.training.data import CaptionTokens
-    from selfforcing_core.training.distill_stages import load_dit, load_text
-    from selfforcing_core.training.evaluation import evaluate_teacher
-    from selfforcing_core.training.world_scene import WorldConfig
-    from selfforcing_core.vae_loading import load_wan_vae
-
     files = _toy_files(tmp_path)
     out = str(tmp_path / "eval")
     common = ["--teacher", files["teacher"], "--vae", files["vae"], "--text-encoder", files["text"], "--cpu",
@@ -133,7 +132,7 @@ def test_teacher_draws_redo_the_teacher_stage_samples(tmp_path):
     vae = load_wan_vae(files["vae"], dtype=torch.float32)
     _, videos, _ = evaluate_teacher(teacher, vae, CaptionTokens(TOY.text_len), 2,
                                     WorldConfig(height=32, width=32, num_frames=17), steps=2)
-    expected = ((videos + 1.0) * 127.5).round().clamp(0, 255).numpy()
+    expected = video_bytes(videos).astype(np.float64)
     # The same noise through the same models; the text encoder is reached by two paths (rounding: one level).
     assert np.abs(clips["stage"] - expected).max() <= 1.0
     assert np.abs(clips["distill"] - expected).mean() > 5.0

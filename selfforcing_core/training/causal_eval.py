@@ -119,7 +119,8 @@ def causal_videos(
     return torch.cat(videos)
 
 
-def _to_bytes(videos: torch.Tensor) -> np.ndarray:
+def video_bytes(videos: torch.Tensor) -> np.ndarray:
+    """Videos in [-1, 1] as uint8 levels: the form clips take to worker processes and into samples files."""
     return ((videos.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
@@ -150,9 +151,9 @@ class Scorer:
         tasks = []
         for first in range(0, len(scenes), self.clips_per_task):
             part = slice(first, first + self.clips_per_task)
-            tasks.append((_to_bytes(videos[part]), list(scenes[part]),
-                          None if start is None else _to_bytes(start[part]),
-                          None if end is None else _to_bytes(end[part])))
+            tasks.append((video_bytes(videos[part]), list(scenes[part]),
+                          None if start is None else video_bytes(start[part]),
+                          None if end is None else video_bytes(end[part])))
         run: Callable = self.pool.map if self.pool is not None else map
         return [result for part in run(_score_part, *zip(*tasks)) for result in part]
 

@@ -21,7 +21,7 @@ from ..keyframe_prefix import END_FRAME_KEY, GOAL_PREFIX
 from ..text_encoder_loading import load_text_encoder
 from ..transformer import CausalWanModel
 from ..vae_loading import load_wan_vae
-from .causal_eval import Decoding, Scorer, causal_videos, held_out
+from .causal_eval import Decoding, Scorer, causal_videos, held_out, video_bytes
 from .causal_init import ode_regression_loss
 from .data import CaptionTokens
 from .distillation import Distillation, DistillOptions
@@ -332,7 +332,7 @@ def run_evaluate_stage(stage: EvaluateStage) -> dict[str, dict[str, float]]:
         began = time.monotonic()
         results[name] = scorer.score(videos, scenes, start, end)
         write_json(os.path.join(stage.out, f"eval_{stage.label}.json"), described)
-        samples[name] = ((videos[:stage.samples] + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+        samples[name] = video_bytes(videos[:stage.samples])
         log.info("%s %s: adherence %.1f drift %.4f object loss %.3f (%.0fs scoring)", stage.label, name,
                  results[name]["prompt_adherence"], results[name]["drift"], results[name]["object_loss"],
                  time.monotonic() - began)
